@@ -1,0 +1,256 @@
+"""Cold-start splits: held-out users and items never reach ``fit``.
+
+A split keeps three things apart: ``train`` (the only data a model is fitted on), and for each
+held-out validation or test user the ordered sequence of interactions that episodes are cut
+from (support = first K, target = the K+1-th, query = the rest), plus 100 negatives sampled
+once per user. Order within one timestamp is a seeded shuffle, never the item id: MovieLens
+stores whole seconds, and ordering ties by id would hand models a free signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thaw.data.schema import Dataset, Interactions
+from thaw.errors import DataError, ThawError
+
+SPLIT_KINDS = ("new-user", "new-item", "both", "temporal")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training data plus the held-out users' ordered sequences and their negatives."""
+
+    kind: str
+    train: Dataset
+    val: dict[int, Interactions]
+    test: dict[int, Interactions]
+    negatives: dict[int, np.ndarray]
+    held_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    users_known: bool = False
+    """True when evaluation users are warm (new-item split): contexts then carry their id."""
+    seed: int = 0
+
+    def sequences(self, part: str) -> dict[int, Interactions]:
+        if part not in ("val", "test"):
+            raise ValueError("part must be 'val' or 'test'")
+        return self.val if part == "val" else self.test
+
+    def describe(self) -> str:
+        return (f"{self.kind} split (seed {self.seed}): {len(self.train.interactions)} training "
+                f"interactions, {len(self.val)} validation users, {len(self.test)} test users, "
+                f"{len(self.held_items)} held-out items")
+
+
+def chronological_order(inter: Interactions, seed: int) -> np.ndarray:
+    """Row order by (user, ts) with ties inside one timestamp broken by a seeded shuffle."""
+    tiebreak = np.random.default_rng(seed).permutation(len(inter))
+    return np.lexsort((tiebreak, inter.ts, inter.user))
+
+
+def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
+               val_frac: float = 0.1, seed: int = 0, n_negatives: int = 100) -> Split:
+    """Split a data set for cold-start evaluation; ``kind`` is one of SPLIT_KINDS."""
+    if kind not in SPLIT_KINDS:
+        raise ThawError(f"unknown split kind '{kind}'; choose one of {', '.join(SPLIT_KINDS)}")
+    if not (0 < test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
+        raise ThawError("test_frac and val_frac must be fractions whose sum is below 1")
+    inter = data.interactions.take(chronological_order(data.interactions, seed))
+    rng = np.random.default_rng(seed)
+    all_items = np.arange(data.n_items)
+    users = np.unique(inter.user)
+
+    if kind == "temporal":
+        return _temporal(data, inter, users, test_frac, val_frac, seed, n_negatives)
+
+    held_users = np.zeros(data.n_users, dtype=np.int8)  # 0 train, 1 val, 2 test
+    held_items = np.zeros(data.n_items, dtype=np.int8)
+    if kind in ("new-user", "both"):
+        _assign(held_users, rng.permutation(users), test_frac, val_frac)
+    if kind in ("new-item", "both"):
+        _assign(held_items, rng.permutation(np.unique(inter.item)), test_frac, val_frac)
+
+    u_role, i_role = held_users[inter.user], held_items[inter.item]
+    train_mask = (u_role == 0) & (i_role == 0)
+    parts: dict[int, dict[int, Interactions]] = {1: {}, 2: {}}
+    if kind == "new-user":
+        for role in (1, 2):
+            parts[role] = _by_user(inter.take(u_role == role))
+    elif kind == "new-item":
+        for role in (1, 2):
+            parts[role] = _by_user(inter.take(i_role == role))
+    else:  # both: held users on held items; their other interactions are dropped, never trained on
+        for role in (1, 2):
+            parts[role] = _by_user(inter.take((u_role == role) & (i_role == role)))
+
+    negatives: dict[int, np.ndarray] = {}
+    for role in (1, 2):
+        pool = all_items if kind == "new-user" else all_items[held_items == role]
+        negatives |= _sample_negatives(list(parts[role]), pool, inter, rng, n_negatives)
+    train = data.with_interactions(inter.take(train_mask), name=f"{data.name}:train")
+    return Split(kind, train, parts[1], parts[2], negatives,
+                 np.flatnonzero(held_items > 0), users_known=(kind == "new-item"), seed=seed)
+
+
+def _assign(roles: np.ndarray, ids: np.ndarray, test_frac: float, val_frac: float) -> None:
+    n_test = max(1, int(round(len(ids) * test_frac)))
+    n_val = int(round(len(ids) * val_frac))
+    roles[ids[:n_test]] = 2
+    roles[ids[n_test:n_test + n_val]] = 1
+
+
+def _by_user(inter: Interactions) -> dict[int, Interactions]:
+    """Per-user sequences, keeping the (already chronological) row order."""
+    if len(inter) == 0:
+        return {}
+    bounds = np.flatnonzero(np.diff(inter.user)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(inter)]])
+    return {int(inter.user[s]): inter.take(slice(s, e)) for s, e in zip(starts, ends, strict=True)}
+
+
+def _sample_negatives(users: list[int], pool: np.ndarray, inter: Interactions,
+                      rng: np.random.Generator, n: int) -> dict[int, np.ndarray]:
+    """For each user, n items from the pool they never interacted with (fewer if it is small).
+
+    Users are drawn for in the order given, so the same seed gives the same negatives.
+    """
+    seen = _by_user(inter.take(np.lexsort((inter.item, inter.user))))
+    out = {}
+    for user in users:
+        candidates = np.setdiff1d(pool, seen[user].item if user in seen else [])
+        take = min(n, len(candidates))
+        out[user] = np.sort(rng.choice(candidates, size=take, replace=False)).astype(np.int64)
+    return out
+
+
+def _temporal(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: float,
+              val_frac: float, seed: int, n_negatives: int) -> Split:
+    """Users whose first interaction falls after a cut are held out (MetaTL's setting).
+
+    Training keeps only interactions before the validation cut, so nothing a model sees comes
+    from the time the held-out users were active.
+    """
+    first = pd.Series(inter.ts).groupby(inter.user).min().reindex(users).to_numpy()
+    tiebreak = np.random.default_rng(seed + 1).permutation(len(users))
+    order = users[np.lexsort((tiebreak, first))]
+    n_test = max(1, int(round(len(users) * test_frac)))
+    n_val = int(round(len(users) * val_frac))
+    test_users = order[len(order) - n_test:]
+    val_users = order[len(order) - n_test - n_val:len(order) - n_test]
+    train_users = order[:len(order) - n_test - n_val]
+    cut = first[np.searchsorted(users, order[len(order) - n_test - n_val])]
+    is_train_user = np.isin(inter.user, train_users)
+    train = inter.take(is_train_user & (inter.ts < cut))
+    rng = np.random.default_rng(seed)
+    all_items = np.arange(data.n_items)
+    parts = {}
+    negatives: dict[int, np.ndarray] = {}
+    for name, members in (("val", val_users), ("test", test_users)):
+        parts[name] = _by_user(inter.take(np.isin(inter.user, members)))
+        negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
+    return Split("temporal", data.with_interactions(train, name=f"{data.name}:train"),
+                 parts["val"], parts["test"], negatives, seed=seed)
+
+
+# --- external splits ---------------------------------------------------------------------
+
+def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: int = 0,
+                      n_negatives: int = 100) -> Split:
+    """A split supplied by the user, used exactly as given.
+
+    ``interactions.csv`` has columns user,item,rating,ts,role (role: train/val/test) and may
+    have ``pos`` to fix each user's order; ``negatives.csv`` (user,item) is optional. When a
+    data set is given, its id space and features are used and unknown ids are an error.
+    """
+    folder = Path(folder)
+    path = folder / "interactions.csv"
+    if not path.is_file():
+        raise DataError("split folder has no interactions.csv", file=str(path))
+    frame = _read_csv(path, ("user", "item", "rating", "ts", "role"))
+    roles = frame["role"].astype(str).str.strip().str.lower()
+    bad = ~roles.isin(["train", "val", "test"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"role must be train, val or test, got '{frame['role'].iloc[row]}'",
+                        file=str(path), line=row + 2, column="role")
+    for col in ("rating", "ts") + (("pos",) if "pos" in frame.columns else ()):
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"'{frame[col].iloc[row]}' is not a number", file=str(path),
+                            line=row + 2, column=col)
+        frame[col] = values
+    frame["user"] = frame["user"].astype(str).str.strip()
+    frame["item"] = frame["item"].astype(str).str.strip()
+
+    if data is None:
+        data = Dataset.from_frames(folder.name, frame[["user", "item", "rating", "ts"]],
+                                   source=str(path))
+    user_index, item_index = pd.Index(data.user_ids), pd.Index(data.item_ids)
+    users = _lookup(user_index, frame["user"], path, "user")
+    items = _lookup(item_index, frame["item"], path, "item")
+    # Order: by pos when given (the user's order is theirs to fix), else by ts with seeded ties.
+    key = frame["pos"].to_numpy(dtype=float) if "pos" in frame.columns else frame["ts"].to_numpy()
+    tiebreak = np.random.default_rng(seed).permutation(len(frame))
+    order = np.lexsort((tiebreak, key, users))
+    inter = Interactions(users, items, frame["rating"].to_numpy(), frame["ts"].to_numpy(dtype=np.int64))
+    inter = inter.take(order)
+    role = roles.to_numpy()[order]
+    for name in ("val", "test"):
+        overlap = np.intersect1d(inter.user[role == "train"], inter.user[role == name])
+        if len(overlap):
+            raise DataError(f"user '{data.user_ids[overlap[0]]}' has both train and {name} rows; "
+                            "held-out users must be held out entirely", file=str(path), column="role")
+    parts = {name: _by_user(inter.take(role == name)) for name in ("val", "test")}
+
+    negatives: dict[int, np.ndarray] = {}
+    neg_path = folder / "negatives.csv"
+    if neg_path.is_file():
+        neg = _read_csv(neg_path, ("user", "item"))
+        neg_users = _lookup(user_index, neg["user"].astype(str).str.strip(), neg_path, "user")
+        neg_items = _lookup(item_index, neg["item"].astype(str).str.strip(), neg_path, "item")
+        for user in np.unique(neg_users):
+            negatives[int(user)] = np.sort(neg_items[neg_users == user])
+        missing = [u for name in ("val", "test") for u in parts[name] if u not in negatives]
+        if missing:
+            raise DataError(f"no negatives for held-out user '{data.user_ids[missing[0]]}'",
+                            file=str(neg_path), column="user")
+    else:
+        rng = np.random.default_rng(seed)
+        all_items = np.arange(data.n_items)
+        for name in ("val", "test"):
+            negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
+    train = data.with_interactions(inter.take(role == "train"), name=f"{data.name}:train")
+    return Split("external", train, parts["val"], parts["test"], negatives, seed=seed)
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"malformed CSV: {exc}", file=str(path)) from None
+    except pd.errors.EmptyDataError:
+        raise DataError("file is empty", file=str(path)) from None
+    frame.columns = [c.strip() for c in frame.columns]
+    for col in required:
+        if col not in frame.columns:
+            raise DataError(f"missing column (has: {', '.join(frame.columns)})", file=str(path),
+                            column=col)
+    if len(frame) == 0:
+        raise DataError("no rows", file=str(path))
+    return frame
+
+
+def _lookup(index: pd.Index, raw: pd.Series, path: Path, column: str) -> np.ndarray:
+    found = index.get_indexer(raw)
+    if (found < 0).any():
+        row = int(np.flatnonzero(found < 0)[0])
+        raise DataError(f"unknown {column} id '{raw.iloc[row]}'", file=str(path), line=row + 2,
+                        column=column)
+    return found.astype(np.int64)

@@ -1,0 +1,262 @@
+"""The K-stratified cold-start protocol, the same for every method.
+
+Each model is fitted once on ``split.train``. A held-out user then arrives at score time as a
+Context holding their first K interactions; the model ranks the K+1-th among 100 negatives
+(next-item) or predicts the ratings of everything after the support (rating). The same users
+are scored at every K (those with more than max(K) interactions), so the cold-to-warm curve
+compares like with like. Model selection only ever sees validation users.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from tqdm.auto import tqdm
+
+from thaw.data.splits import Split
+from thaw.errors import ThawError
+from thaw.eval.metrics import (bootstrap_interval, graded_ndcg, rating_errors, ranking_metrics,
+                               target_rank)
+from thaw.models.base import Context, Recommender, make_model
+
+PROTOCOLS = ("next-item", "rating")
+METRICS = {
+    "next-item": ("hit@1", "hit@10", "ndcg@10", "mrr", "auc"),
+    "rating": ("mae", "rmse", "ndcg@3", "ndcg@10"),
+}
+LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+DEFAULT_KS = (1, 3, 5, 10)
+
+
+class DegenerateResultWarning(UserWarning):
+    """A result that looks like a bug (leakage, constant scores, a copied model)."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One held-out user at one K: what the model is told, what it must rank, the truth."""
+
+    user: int
+    k: int
+    context: Context
+    candidates: np.ndarray
+    """next-item: the target first, then the negatives; rating: the query items."""
+    truth: np.ndarray
+    """rating protocol: the query's true ratings; next-item: empty."""
+
+
+def episodes(split: Split, part: str, k: int, protocol: str, *, max_k: int,
+             candidates: str = "sampled") -> list[Episode]:
+    """Episodes of the val or test users who have more than ``max_k`` interactions."""
+    _check_protocol(protocol, candidates)
+    out = []
+    for user, seq in split.sequences(part).items():
+        if len(seq) <= max_k:
+            continue
+        support = seq.take(slice(0, k))
+        ctx = Context(user=user if split.users_known else None, history=support,
+                      profile=split.train.profile(user))
+        if protocol == "next-item":
+            target = seq.item[k]
+            if candidates == "sampled":
+                items = np.concatenate([[target], split.negatives[user]])
+            else:
+                pool = split.held_items if len(split.held_items) else np.arange(split.train.n_items)
+                others = np.setdiff1d(pool, np.append(support.item, target))
+                items = np.concatenate([[target], others])
+            out.append(Episode(user, k, ctx, items.astype(np.int64), np.empty(0)))
+        else:
+            query = seq.take(slice(k, None))
+            out.append(Episode(user, k, ctx, query.item, query.rating))
+    return out
+
+
+def _check_protocol(protocol: str, candidates: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ThawError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
+    if candidates not in ("sampled", "full"):
+        raise ThawError("candidates must be 'sampled' (target + 100 negatives) or 'full'")
+
+
+def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """Per-episode metrics, plus counts of suspicious score vectors (constant, NaN)."""
+    flags = {"constant": 0, "nan": 0}
+    rows: list[dict[str, float]] = []
+    rates = protocol == "rating" and model.predicts_ratings
+    call = model.predict_many if rates else model.score_many
+    outputs = call([e.context for e in eps], [e.candidates for e in eps])
+    for ep, s in zip(eps, outputs, strict=True):
+        s = np.asarray(s, dtype=np.float64)
+        if s.shape != ep.candidates.shape:
+            raise ThawError(f"model '{model.name}' returned {s.shape[0] if s.ndim else 0} values "
+                            f"for {len(ep.candidates)} items")
+        flags["nan"] += int(np.isnan(s).any())
+        flags["constant"] += int(len(s) > 1 and np.all(s == s[0]))
+        if protocol == "next-item":
+            rows.append(ranking_metrics(target_rank(s[0], s[1:]), len(s) - 1, ks=(1, 10)))
+        else:
+            row = rating_errors(s, ep.truth) if rates else {}
+            row["ndcg@3"] = graded_ndcg(s, ep.truth, 3)
+            row["ndcg@10"] = graded_ndcg(s, ep.truth, 10)
+            rows.append(row)
+    return rows, flags
+
+
+class SplitValidator:
+    """Scores a model on validation users only: mean NDCG@10 (next-item) or -RMSE (rating)."""
+
+    def __init__(self, split: Split, protocol: str, ks: Sequence[int] = DEFAULT_KS) -> None:
+        self.protocol = protocol
+        self.episodes = [e for k in ks for e in episodes(split, "val", k, protocol, max_k=max(ks))]
+
+    def __call__(self, model: Recommender) -> float:
+        if not self.episodes:
+            return float("nan")
+        rows, _ = score_episodes(model, self.episodes, self.protocol)
+        if self.protocol == "rating" and model.predicts_ratings:
+            return -float(np.mean([r["rmse"] for r in rows]))
+        return float(np.nanmean([r["ndcg@10"] for r in rows]))
+
+
+@dataclass
+class EvalResult:
+    """A tidy results table plus everything needed to audit it."""
+
+    table: pd.DataFrame          # model, K, metric, value, low, high, users
+    per_user: pd.DataFrame       # model, K, user, metric, value
+    comparisons: pd.DataFrame    # K, metric, best, other, diff, p_value, significant
+    timings: pd.DataFrame        # model, fit_seconds, score_seconds
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, split: Split, *,
+             protocol: str = "next-item", ks: Sequence[int] = DEFAULT_KS,
+             candidates: str = "sampled", n_bootstrap: int = 1000, seed: int = 0,
+             progress: bool = True, fit: bool = True) -> EvalResult:
+    """Fit each model on the split's training users and evaluate it on its test users."""
+    _check_protocol(protocol, candidates)
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] < 0:
+        raise ThawError("ks must be non-negative integers")
+    models = _as_models(models)
+    test_eps = {k: episodes(split, "test", k, protocol, max_k=max(ks), candidates=candidates)
+                for k in ks}
+    if not test_eps[ks[0]]:
+        raise ThawError(f"no test user has more than {max(ks)} interactions; lower the largest K")
+    validator = SplitValidator(split, protocol, ks) if fit else None
+    per_user_rows: list[tuple] = []
+    timing_rows, notes = [], []
+    bar = tqdm(total=len(models) * len(ks), desc=f"evaluate ({protocol})", disable=not progress,
+               leave=False)
+    for name, model in models.items():
+        bar.set_postfix_str(f"fit {name}")
+        start = time.perf_counter()
+        if fit:
+            model.fit(split.train, validate=validator)
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        flags = {"constant": 0, "nan": 0, "episodes": 0}
+        bar.set_postfix_str(f"score {name}")
+        for k in ks:
+            rows, f = score_episodes(model, test_eps[k], protocol)
+            flags["constant"] += f["constant"]
+            flags["nan"] += f["nan"]
+            flags["episodes"] += len(rows)
+            for ep, row in zip(test_eps[k], rows, strict=True):
+                per_user_rows += [(name, k, ep.user, m, v) for m, v in row.items()]
+            bar.update(1)
+        timing_rows.append((name, fit_seconds, time.perf_counter() - start))
+        if flags["constant"]:
+            notes.append(f"{name}: scored every candidate the same for {flags['constant']} of "
+                         f"{flags['episodes']} episodes (ties count against it)")
+        if flags["nan"]:
+            notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
+                         "episodes (NaN counts against it)")
+    bar.close()
+    per_user = pd.DataFrame(per_user_rows, columns=["model", "K", "user", "metric", "value"])
+    table = summarise(per_user, n_bootstrap=n_bootstrap, seed=seed)
+    notes += degenerate_results(per_user)
+    for note in notes:
+        warnings.warn(note, DegenerateResultWarning, stacklevel=2)
+    meta = {"protocol": protocol, "ks": list(ks), "candidates": candidates, "seed": seed,
+            "split": split.describe(), "test_users": len(test_eps[ks[0]]),
+            "n_negatives": int(np.median([len(v) for v in split.negatives.values()]))
+            if split.negatives else 0}
+    return EvalResult(table, per_user, compare(per_user), pd.DataFrame(
+        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), notes, meta)
+
+
+def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender) -> dict[str, Recommender]:
+    if isinstance(models, Recommender):
+        return {models.name: models}
+    if isinstance(models, Mapping):
+        return dict(models)
+    out = {}
+    for name in models:
+        out[name] = make_model(name)
+    return out
+
+
+def summarise(per_user: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean over users with a bootstrap 95% interval, one row per (model, K, metric)."""
+    rows = []
+    for (model, k, metric), group in per_user.groupby(["model", "K", "metric"], sort=False):
+        values = group["value"].to_numpy(dtype=np.float64)
+        low, high = bootstrap_interval(values, n_resamples=n_bootstrap, seed=seed)
+        rows.append((model, int(k), metric, float(np.nanmean(values)), low, high,
+                     int(np.count_nonzero(~np.isnan(values)))))
+    return pd.DataFrame(rows, columns=["model", "K", "metric", "value", "low", "high", "users"])
+
+
+def compare(per_user: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """For each K and metric: the best model against every other, paired over the same users.
+
+    The p-value is a two-sided Wilcoxon signed-rank test on the per-user differences.
+    """
+    rows = []
+    for (k, metric), group in per_user.groupby(["K", "metric"], sort=False):
+        wide = group.pivot_table(index="user", columns="model", values="value").dropna()
+        if wide.shape[1] < 2 or len(wide) < 2:
+            continue
+        means = wide.mean()
+        best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()
+        for other in wide.columns:
+            if other == best:
+                continue
+            diff = wide[best] - wide[other]
+            if np.allclose(diff, 0):
+                p = 1.0
+            else:
+                p = float(stats.wilcoxon(wide[best], wide[other], zero_method="zsplit").pvalue)
+            rows.append((int(k), metric, best, other, float(diff.mean()), p, p < alpha))
+    return pd.DataFrame(rows, columns=["K", "metric", "best", "other", "diff", "p_value",
+                                       "significant"])
+
+
+def degenerate_results(per_user: pd.DataFrame) -> list[str]:
+    """Warnings for results that have fooled public toolkits."""
+    notes = []
+    for (model, k, metric), group in per_user.groupby(["model", "K", "metric"], sort=False):
+        if metric in LOWER_IS_BETTER:
+            continue
+        values = group["value"].to_numpy()
+        if len(values) > 1 and np.all(values == 1.0):
+            notes.append(f"{model}: {metric} is 1.0 for every user at K={k}; check for leakage "
+                         "or a candidate set the target always wins")
+    vectors = {m: g.sort_values(["K", "metric", "user"])["value"].to_numpy()
+               for m, g in per_user.groupby("model", sort=False)}
+    for a, b in combinations(vectors, 2):
+        if vectors[a].shape == vectors[b].shape and np.array_equal(vectors[a], vectors[b],
+                                                                   equal_nan=True):
+            notes.append(f"{a} and {b} give identical numbers for every user and metric; "
+                         "is one a copy of the other?")
+    return notes

@@ -1,0 +1,195 @@
+"""Results on disk and on screen: CSV/JSON tables, the cold-to-warm plot, an HTML report.
+
+Every result file records the seed, the versions and the command that produced it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from thaw import __version__  # noqa: E402
+from thaw.eval.protocol import LOWER_IS_BETTER, METRICS, EvalResult  # noqa: E402
+
+BASELINES = ("random", "pop")
+
+
+def provenance(seed: int, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """What produced a result: seed, versions, command line, machine, time."""
+    import sklearn
+    import torch
+
+    return {
+        "thaw": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "pandas": pd.__version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+        "seed": seed, "command": " ".join(command if command is not None else sys.argv),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def wide_table(result: EvalResult, metric: str) -> pd.DataFrame:
+    """Models as rows, K as columns, for one metric."""
+    table = result.table[result.table["metric"] == metric]
+    wide = table.pivot(index="model", columns="K", values="value")
+    order = [m for m in dict.fromkeys(result.table["model"]) if m in wide.index]
+    return wide.loc[order]
+
+
+def format_tables(result: EvalResult) -> str:
+    """Plain-text K-stratified tables, one per metric, with random and pop always shown."""
+    protocol = result.meta.get("protocol", "")
+    lines = [f"== {protocol}: {result.meta.get('split', '')}; "
+             f"{result.meta.get('test_users', '?')} test users =="]
+    for metric in METRICS.get(protocol, sorted(result.table["metric"].unique())):
+        if metric not in set(result.table["metric"]):
+            continue
+        wide = wide_table(result, metric)
+        arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        lines.append(f"\n{metric} ({arrow}) by K")
+        text = wide.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
+        lines.append("  " + text.replace("\n", "\n  "))
+    missing = [b for b in BASELINES if b not in set(result.table["model"])]
+    if missing:
+        lines.append(f"\n(note: baselines {', '.join(missing)} were not run; a number without "
+                     "them means little)")
+    return "\n".join(lines)
+
+
+def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
+    """One panel per metric: value against K with the bootstrap 95% band, one line per model."""
+    panels = [(r, m) for r in results for m in METRICS[r.meta["protocol"]]
+              if m in set(r.table["metric"])]
+    cols = min(4, max(1, len(panels)))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, (result, metric) in zip(axes.flat, panels):
+        table = result.table[result.table["metric"] == metric]
+        for model, group in table.groupby("model", sort=False):
+            group = group.sort_values("K")
+            style = "--" if model in BASELINES else "-"
+            ax.plot(group["K"], group["value"], style, marker="o", ms=3, label=model)
+            ax.fill_between(group["K"], group["low"], group["high"], alpha=0.15)
+        ax.set_title(f"{result.meta['protocol']}: {metric}", fontsize=10)
+        ax.set_xlabel("K (support interactions)")
+        ax.set_xticks(sorted(table["K"].unique()))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False)
+    fig.suptitle("Cold-to-warm curve: held-out users, metric by number of support interactions")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
+                  command: Sequence[str] | None = None, title: str = "thaw results") -> dict[str, Path]:
+    """Write results.csv, per_user.csv, comparisons.csv, results.json, a PNG and report.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(seed, command)
+
+    def tagged(frame_of: str) -> pd.DataFrame:
+        frames = [getattr(r, frame_of).assign(protocol=r.meta["protocol"]) for r in results]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    table = tagged("table")
+    table = table[["protocol", "model", "K", "metric", "value", "low", "high", "users"]]
+    paths = {
+        "results.csv": out / "results.csv", "per_user.csv": out / "per_user.csv",
+        "comparisons.csv": out / "comparisons.csv", "results.json": out / "results.json",
+        "cold_to_warm.png": out / "cold_to_warm.png", "report.html": out / "report.html",
+    }
+    table.to_csv(paths["results.csv"], index=False, float_format="%.6g")
+    tagged("per_user").to_csv(paths["per_user.csv"], index=False, float_format="%.6g")
+    tagged("comparisons").to_csv(paths["comparisons.csv"], index=False, float_format="%.6g")
+    payload = {
+        "provenance": prov,
+        "runs": [{"meta": r.meta, "warnings": r.warnings,
+                  "timings": r.timings.to_dict(orient="records")} for r in results],
+        "results": json.loads(table.to_json(orient="records")),
+    }
+    paths["results.json"].write_text(json.dumps(payload, indent=2))
+    plot_cold_to_warm(results, paths["cold_to_warm.png"])
+    paths["report.html"].write_text(render_html(results, paths["cold_to_warm.png"], prov, title))
+    return paths
+
+
+def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any], title: str) -> str:
+    """A self-contained page: tables with the best model in bold, significance marks, the plot."""
+    image = base64.b64encode(plot.read_bytes()).decode()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}th{background:#f3f3f3}td.m{text-align:left}"
+             ".base{color:#777}.warn{background:#fff3cd;padding:0.5em 1em;border:1px solid #e0c060}"
+             "</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             "<p>Held-out users only; the first K interactions are the support. Values are means "
+             "over users with bootstrap 95% intervals. <b>Bold</b> marks the best model at each K; "
+             "<sup>*</sup> marks a lead over every other model that is significant "
+             "(paired Wilcoxon signed-rank over the same users, p &lt; 0.05). Random and pop "
+             "(grey) are sanity baselines.</p>"]
+    for result in results:
+        parts.append(f"<h2>{html.escape(result.meta['protocol'])}</h2><p>"
+                     f"{html.escape(result.meta.get('split', ''))}; "
+                     f"{result.meta.get('test_users')} test users; candidates: "
+                     f"{html.escape(str(result.meta.get('candidates')))}</p>")
+        for note in result.warnings:
+            parts.append(f"<p class='warn'>warning: {html.escape(note)}</p>")
+        for metric in METRICS[result.meta["protocol"]]:
+            if metric not in set(result.table["metric"]):
+                continue
+            parts.append(_metric_table(result, metric))
+        parts.append("<h3>Time</h3>" + result.timings.to_html(index=False, float_format="%.2f"))
+    parts.append(f"<h2>Cold-to-warm curve</h2><img style='max-width:100%' "
+                 f"src='data:image/png;base64,{image}'>")
+    parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(prov, indent=2)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _metric_table(result: EvalResult, metric: str) -> str:
+    table = result.table[result.table["metric"] == metric]
+    ks = sorted(table["K"].unique())
+    comp = result.comparisons
+    lower = metric in LOWER_IS_BETTER
+    rows = [f"<h3>{html.escape(metric)} ({'lower' if lower else 'higher'} is better)</h3><table>"
+            "<tr><th>model</th>" + "".join(f"<th>K={k}</th>" for k in ks) + "</tr>"]
+    for model in dict.fromkeys(table["model"]):
+        cells = []
+        for k in ks:
+            row = table[(table["model"] == model) & (table["K"] == k)]
+            if row.empty or np.isnan(row["value"].iloc[0]):
+                cells.append("<td>n/a</td>")
+                continue
+            value, low, high = row[["value", "low", "high"]].iloc[0]
+            c = comp[(comp["K"] == k) & (comp["metric"] == metric)] if len(comp) else comp
+            is_best = len(c) and c["best"].iloc[0] == model
+            text = f"{value:.4f} <small>[{low:.3f}, {high:.3f}]</small>"
+            if is_best:
+                text = f"<b>{value:.4f}</b>" + ("<sup>*</sup>" if c["significant"].all() else "") + \
+                    f" <small>[{low:.3f}, {high:.3f}]</small>"
+            cells.append(f"<td>{text}</td>")
+        cls = " base" if model in BASELINES else ""
+        rows.append(f"<tr><td class='m{cls}'>{html.escape(model)}</td>{''.join(cells)}</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)

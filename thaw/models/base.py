@@ -1,0 +1,109 @@
+"""The contract every method in thaw fulfils, and the registry that names them.
+
+Every method answers one question: given what we know about this user right now (a Context),
+how much will they like each of these items? A model is fitted once on warm users; a cold user
+arrives at score time with K support interactions in ``ctx.history``. Because of this the
+evaluation protocol, the router and the service need no special case per method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
+
+import numpy as np
+
+from thaw.data.schema import Dataset, Interactions
+from thaw.errors import ThawError
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is known about one user at request time."""
+
+    user: int | None
+    """Internal id of a user seen in training, or None for a user never seen in training."""
+    history: Interactions = field(default_factory=Interactions.empty)
+    """Chronological (item, rating, ts) support; may be empty."""
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    """Side features (age, gender, occupation, ...); may be empty."""
+    source: Interactions | None = None
+    """History in another domain, for cross-domain transfer."""
+
+
+class Validator(Protocol):
+    """Scores a fitted model on validation users only (never test users): higher is better."""
+
+    def __call__(self, model: Recommender) -> float: ...
+
+
+class Recommender:
+    """Base class: subclasses implement ``fit`` and ``score``, and ``predict`` if they can.
+
+    ``score`` ranks (higher = better); ``predict`` returns ratings on the data set's scale
+    and is what the rating protocol's MAE and RMSE use.
+    """
+
+    name: str = "recommender"
+    predicts_ratings: bool = False
+
+    def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        raise NotImplementedError
+
+    def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        raise ThawError(f"model '{self.name}' ranks items but does not predict ratings")
+
+    def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Batch version of ``score``; subclasses may vectorise it but must give the same numbers."""
+        return [self.score(c, i) for c, i in zip(contexts, items, strict=True)]
+
+    def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Batch version of ``predict``, same contract as ``score_many``."""
+        return [self.predict(c, i) for c, i in zip(contexts, items, strict=True)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# --- registry ---------------------------------------------------------------------------
+
+_FACTORIES: dict[str, Callable[..., Recommender]] = {}
+# Modules that register models when imported; later issues append theirs here.
+_MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf")
+
+
+def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:
+    """Decorator: make a model class (or factory) available under ``name`` on the CLI."""
+
+    def wrap(factory: Callable[..., Recommender]) -> Callable[..., Recommender]:
+        if name in _FACTORIES and _FACTORIES[name] is not factory:
+            raise ValueError(f"model name '{name}' registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return wrap
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(module)
+
+
+def model_names() -> list[str]:
+    """Every model thaw has, in registration order."""
+    _load_all()
+    return list(_FACTORIES)
+
+
+def make_model(name: str, **kwargs: Any) -> Recommender:
+    _load_all()
+    if name not in _FACTORIES:
+        raise ThawError(f"unknown model '{name}'; known models: {', '.join(_FACTORIES)}")
+    model = _FACTORIES[name](**kwargs)
+    model.name = name
+    return model
