@@ -127,3 +127,27 @@ def test_mf_serves_warm_users_from_their_trained_factors():
     items = np.arange(30)
     assert np.allclose(model.score(ctx, items), model.item_factors @ model.user_factors[0])
     assert model.predict(ctx, items).shape == (30,)
+
+
+def test_batched_als_steps_match_the_per_user_fold_in():
+    """Training solves all users at once; serving folds one in: the two must agree."""
+    import scipy.sparse as sp
+
+    from thaw.models.mf import _explicit_half_step, _implicit_half_step
+
+    rng = np.random.default_rng(2)
+    factors = rng.normal(size=(25, 4))
+    users = rng.integers(0, 6, 60)
+    items = rng.integers(0, 25, 60)
+    ratings = rng.normal(size=60)
+    binary = sp.csr_matrix((np.ones(60), (users, items)), shape=(6, 25))
+    binary.sum_duplicates()
+    binary.data[:] = 1.0
+    batched = _implicit_half_step(binary, factors, alpha=4.0, reg=0.3)
+    x_all, b_all = _explicit_half_step(users, items, ratings, 6, factors, reg=0.2)
+    for u in range(6):
+        touched = np.unique(items[users == u])
+        expected = implicit_fold_in(factors, factors.T @ factors, touched, 4.0, 0.3)
+        assert np.allclose(batched[u], expected)
+        x, b = explicit_fold_in(factors, ratings[users == u], items[users == u], reg=0.2)
+        assert np.allclose(x_all[u], x) and np.isclose(b_all[u], b)

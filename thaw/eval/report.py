@@ -78,21 +78,27 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     cols = min(4, max(1, len(panels)))
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    names = list(dict.fromkeys(m for r in results for m in r.table["model"]))
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
     for ax, (result, metric) in zip(axes.flat, panels):
         table = result.table[result.table["metric"] == metric]
         for model, group in table.groupby("model", sort=False):
             group = group.sort_values("K")
             style = "--" if model in BASELINES else "-"
-            ax.plot(group["K"], group["value"], style, marker="o", ms=3, label=model)
-            ax.fill_between(group["K"], group["low"], group["high"], alpha=0.15)
+            ax.plot(group["K"], group["value"], style, marker="o", ms=3, label=model,
+                    color=colour[model])
+            ax.fill_between(group["K"], group["low"], group["high"], alpha=0.15,
+                            color=colour[model])
         ax.set_title(f"{result.meta['protocol']}: {metric}", fontsize=10)
         ax.set_xlabel("K (support interactions)")
         ax.set_xticks(sorted(table["K"].unique()))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False)
+    handles = [plt.Line2D([], [], color=colour[n], ls="--" if n in BASELINES else "-", marker="o",
+                          ms=3) for n in names]
+    fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), frameon=False)
     fig.suptitle("Cold-to-warm curve: held-out users, metric by number of support interactions")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)

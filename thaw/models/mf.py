@@ -51,40 +51,63 @@ def explicit_fold_in(item_factors: np.ndarray, residuals: np.ndarray, items: np.
     return w[:d], float(w[d])
 
 
+def _outer_rows(factors: np.ndarray) -> np.ndarray:
+    """Each row's outer product with itself, flattened: (n, d*d)."""
+    return np.einsum("ni,nj->nij", factors, factors).reshape(len(factors), -1)
+
+
+def _implicit_half_step(matrix: sp.csr_matrix, fixed: np.ndarray, alpha: float,
+                        reg: float) -> np.ndarray:
+    """Solve every row's implicit least squares at once (the batched form of implicit_fold_in).
+
+    Each row's sum of y y^T over its touched columns is one sparse product with the outer
+    products of the fixed factors, so no Python loop runs over rows.
+    """
+    d = fixed.shape[1]
+    touched_outer = (matrix @ _outer_rows(fixed)).reshape(-1, d, d)
+    a = fixed.T @ fixed + alpha * touched_outer + reg * np.eye(d)
+    b = alpha * (matrix @ fixed) + (matrix > 0).astype(np.float64) @ fixed
+    return np.linalg.solve(a, b[..., None])[..., 0]
+
+
 def _implicit_als(matrix: sp.csr_matrix, dim: int, reg: float, alpha: float, iterations: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    n_users, n_items = matrix.shape
-    users = np.zeros((n_users, dim))
-    items = rng.normal(0.0, 0.1, (n_items, dim))
+    items = rng.normal(0.0, 0.1, (matrix.shape[1], dim))
     by_item = matrix.T.tocsr()
     for _ in range(iterations):
-        for fixed, solved, rows in ((items, users, matrix), (users, items, by_item)):
-            gram = fixed.T @ fixed
-            for r in range(rows.shape[0]):
-                cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]]
-                solved[r] = implicit_fold_in(fixed, gram, cols, alpha, reg)
+        users = _implicit_half_step(matrix, items, alpha, reg)
+        items = _implicit_half_step(by_item, users, alpha, reg)
     return users, items
+
+
+def _explicit_half_step(rows: np.ndarray, cols: np.ndarray, residuals: np.ndarray, n_rows: int,
+                        fixed: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Batched explicit_fold_in: every row's factor and bias from its residual ratings.
+
+    Each rating is one observation, so a repeated (row, col) pair counts twice, as it does
+    when one user is folded in.
+    """
+    d = fixed.shape[1]
+    design = np.hstack([fixed, np.ones((len(fixed), 1))])
+    shape = (n_rows, len(fixed))
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+    values = sp.csr_matrix((residuals, (rows, cols)), shape=shape)
+    n_obs = np.bincount(rows, minlength=n_rows).astype(np.float64)
+    a = (counts @ _outer_rows(design)).reshape(-1, d + 1, d + 1)
+    a += (reg * np.maximum(n_obs, 1.0))[:, None, None] * np.eye(d + 1)
+    w = np.linalg.solve(a, (values @ design)[..., None])[..., 0]
+    return w[:, :d], w[:, d]
 
 
 def _explicit_als(user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_users: int,
                   n_items: int, dim: int, reg: float, iterations: int,
                   rng: np.random.Generator) -> dict[str, Any]:
     mean = float(rating.mean())
-    p, q = np.zeros((n_users, dim)), rng.normal(0.0, 0.1, (n_items, dim))
+    q = rng.normal(0.0, 0.1, (n_items, dim))
     bu, bi = np.zeros(n_users), np.zeros(n_items)
-    order_u = np.argsort(user, kind="stable")
-    order_i = np.argsort(item, kind="stable")
-    starts_u = np.searchsorted(user[order_u], np.arange(n_users + 1))
-    starts_i = np.searchsorted(item[order_i], np.arange(n_items + 1))
     for _ in range(iterations):
-        for u in range(n_users):
-            rows = order_u[starts_u[u]:starts_u[u + 1]]
-            if len(rows):
-                p[u], bu[u] = explicit_fold_in(q, rating[rows] - mean - bi[item[rows]], item[rows], reg)
-        for i in range(n_items):
-            rows = order_i[starts_i[i]:starts_i[i + 1]]
-            if len(rows):
-                q[i], bi[i] = explicit_fold_in(p, rating[rows] - mean - bu[user[rows]], user[rows], reg)
+        p, bu = _explicit_half_step(user, item, rating - mean - bi[item], n_users, q, reg)
+        q, bi = _explicit_half_step(item, user, rating - mean - bu[user], n_items, p, reg)
     return {"mean": mean, "user_factors": p, "item_factors": q, "user_bias": bu, "item_bias": bi}
 
 
