@@ -48,6 +48,16 @@ def test_temporal_split_trains_only_on_the_past(synthetic):
     assert not (set(split.test) & set(split.train.interactions.user.tolist()))
 
 
+def test_warm_split_trains_on_each_held_users_past_and_asks_about_their_future(synthetic):
+    split = make_split(synthetic, "warm", seed=0)
+    train = split.train.interactions
+    assert split.users_known
+    for user, seq in split.test.items():
+        past = train.ts[train.user == user]
+        assert len(past) >= len(seq) and past.max() <= seq.ts.min()
+        assert not (_pairs(seq) & _pairs(train.take(train.user == user)))
+
+
 def test_sequences_are_chronological_and_ties_are_not_ordered_by_item_id():
     # One user, ten items all rated in the same second: any order is a tie, so the split
     # must shuffle them by seed rather than sort them by id.

@@ -59,7 +59,7 @@ def evaluate(
     ks: Annotated[str, typer.Option(help="Support sizes K to stratify by.")] = "1,3,5,10",
     out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, per_user.csv, the plot and report.html.")] = Path("results"),
     split: Annotated[Path | None, typer.Option(help="External split folder (interactions.csv with role column, optional negatives.csv), used exactly as given.")] = None,
-    split_kind: Annotated[str, typer.Option(help="new-user, new-item, both or temporal (ignored with --split).")] = "new-user",
+    split_kind: Annotated[str, typer.Option(help="new-user, new-item, both, temporal or warm (ignored with --split).")] = "new-user",
     candidates: Annotated[str, typer.Option(help="sampled (target + 100 negatives) or full (every item not in the support).")] = "sampled",
     test_frac: Annotated[float, typer.Option(help="Fraction of users (or items) held out for testing.")] = 0.2,
     val_frac: Annotated[float, typer.Option(help="Fraction held out for validation (model selection only).")] = 0.1,

@@ -74,3 +74,85 @@ def item_documents(data: Dataset) -> list[str]:
             pass
         docs.append(" ".join(tokens))
     return docs
+
+
+USER_FIELDS = ("gender", "age", "occupation", "zip_prefix")
+YEAR_BIN = 5
+
+
+class FeatureSpace:
+    """Integer codes for side features, the inputs of every feature-based neural model.
+
+    Users: one categorical code per field (age as its band); code 0 means unknown, including
+    any value never seen on a training user, so held-out users add nothing to the vocabulary.
+    Items: a multi-hot genre vector and a release-year bucket, content features known for every
+    item, new ones included; and an identity code for items seen in training (0 otherwise).
+    """
+
+    def __init__(self, data: Dataset, fields: tuple[str, ...] = USER_FIELDS) -> None:
+        frame = data.user_features
+        self.fields = tuple(f for f in fields if f in frame.columns)
+        trained = np.unique(data.interactions.user)
+        self.vocab: dict[str, dict[Any, int]] = {}
+        for name in self.fields:
+            values = [self._value(name, v) for v in frame[name].iloc[trained]]
+            known = sorted({v for v in values if v is not None}, key=str)
+            self.vocab[name] = {v: i + 1 for i, v in enumerate(known)}
+        self.user_codes = np.stack(
+            [self.encode_profile(data.profile(u)) for u in range(data.n_users)]
+        ) if self.fields else np.zeros((data.n_users, 0), dtype=np.int64)
+
+        items = data.item_features
+        genre_lists = items["genres"] if "genres" in items else pd.Series([()] * data.n_items)
+        self.genres = sorted({g for gs in genre_lists if isinstance(gs, (tuple, list)) for g in gs})
+        index = {g: i for i, g in enumerate(self.genres)}
+        self.item_genres = np.zeros((data.n_items, max(1, len(self.genres))), dtype=np.float32)
+        for i, gs in enumerate(genre_lists):
+            if isinstance(gs, (tuple, list)):
+                for g in gs:
+                    self.item_genres[i, index[g]] = 1.0
+        years = pd.to_numeric(items["year"], errors="coerce").to_numpy(dtype=float) \
+            if "year" in items else np.full(data.n_items, np.nan)
+        known_years = years[~np.isnan(years)]
+        self.first_year = float(known_years.min()) if len(known_years) else 0.0
+        buckets = np.where(np.isnan(years), -1, (np.nan_to_num(years) - self.first_year) // YEAR_BIN)
+        self.item_year = (buckets + 1).astype(np.int64)  # 0 = unknown year
+        # Item identity for items seen in training; every other item shares code 0, so a new
+        # item is scored through its content features alone.
+        trained_items = np.zeros(data.n_items, dtype=bool)
+        trained_items[data.interactions.item] = True
+        self.item_code = np.where(trained_items, np.arange(1, data.n_items + 1), 0).astype(np.int64)
+
+    @staticmethod
+    def _value(name: str, value: Any) -> Any:
+        if name == "age":
+            return age_band(value)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        return str(value)
+
+    def encode_profile(self, profile: Mapping[str, Any]) -> np.ndarray:
+        """Codes of one user's profile; unknown or missing values get 0."""
+        return np.array([self.vocab[f].get(self._value(f, profile.get(f)), 0) for f in self.fields],
+                        dtype=np.int64)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Number of codes per user field, the unknown code included."""
+        return [len(self.vocab[f]) + 1 for f in self.fields]
+
+    @property
+    def n_genres(self) -> int:
+        return self.item_genres.shape[1]
+
+    @property
+    def n_years(self) -> int:
+        return int(self.item_year.max()) + 1
+
+    def rows(self, user_codes: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Model inputs for (user, item) rows: user codes are one row or one per item."""
+        items = np.asarray(items, dtype=np.int64)
+        codes = np.broadcast_to(np.asarray(user_codes, dtype=np.int64),
+                                (len(items), len(self.fields)))
+        return {"user": codes, "genres": self.item_genres[items], "year": self.item_year[items],
+                "item": self.item_code[items]}

@@ -18,7 +18,7 @@ import pandas as pd
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import DataError, ThawError
 
-SPLIT_KINDS = ("new-user", "new-item", "both", "temporal")
+SPLIT_KINDS = ("new-user", "new-item", "both", "temporal", "warm")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
 
     if kind == "temporal":
         return _temporal(data, inter, users, test_frac, val_frac, seed, n_negatives)
+    if kind == "warm":
+        return _warm(data, inter, users, test_frac, val_frac, seed, n_negatives)
 
     held_users = np.zeros(data.n_users, dtype=np.int8)  # 0 train, 1 val, 2 test
     held_items = np.zeros(data.n_items, dtype=np.int8)
@@ -79,13 +81,13 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
     parts: dict[int, dict[int, Interactions]] = {1: {}, 2: {}}
     if kind == "new-user":
         for role in (1, 2):
-            parts[role] = _by_user(inter.take(u_role == role))
+            parts[role] = by_user(inter.take(u_role == role))
     elif kind == "new-item":
         for role in (1, 2):
-            parts[role] = _by_user(inter.take(i_role == role))
+            parts[role] = by_user(inter.take(i_role == role))
     else:  # both: held users on held items; their other interactions are dropped, never trained on
         for role in (1, 2):
-            parts[role] = _by_user(inter.take((u_role == role) & (i_role == role)))
+            parts[role] = by_user(inter.take((u_role == role) & (i_role == role)))
 
     negatives: dict[int, np.ndarray] = {}
     for role in (1, 2):
@@ -103,7 +105,7 @@ def _assign(roles: np.ndarray, ids: np.ndarray, test_frac: float, val_frac: floa
     roles[ids[n_test:n_test + n_val]] = 1
 
 
-def _by_user(inter: Interactions) -> dict[int, Interactions]:
+def by_user(inter: Interactions) -> dict[int, Interactions]:
     """Per-user sequences, keeping the (already chronological) row order."""
     if len(inter) == 0:
         return {}
@@ -119,7 +121,7 @@ def _sample_negatives(users: list[int], pool: np.ndarray, inter: Interactions,
 
     Users are drawn for in the order given, so the same seed gives the same negatives.
     """
-    seen = _by_user(inter.take(np.lexsort((inter.item, inter.user))))
+    seen = by_user(inter.take(np.lexsort((inter.item, inter.user))))
     out = {}
     for user in users:
         candidates = np.setdiff1d(pool, seen[user].item if user in seen else [])
@@ -151,10 +153,34 @@ def _temporal(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: 
     parts = {}
     negatives: dict[int, np.ndarray] = {}
     for name, members in (("val", val_users), ("test", test_users)):
-        parts[name] = _by_user(inter.take(np.isin(inter.user, members)))
+        parts[name] = by_user(inter.take(np.isin(inter.user, members)))
         negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
     return Split("temporal", data.with_interactions(train, name=f"{data.name}:train"),
                  parts["val"], parts["test"], negatives, seed=seed)
+
+
+def _warm(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: float,
+          val_frac: float, seed: int, n_negatives: int) -> Split:
+    """Existing users and items: a held-out user's earlier half stays in training.
+
+    Their later half is the sequence episodes are cut from, so the model knows the user (by
+    id and history) and every item, and is asked about the user's future.
+    """
+    rng = np.random.default_rng(seed)
+    roles = np.zeros(data.n_users, dtype=np.int8)
+    _assign(roles, rng.permutation(users), test_frac, val_frac)
+    counts = np.bincount(inter.user, minlength=data.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(inter)) - starts[inter.user]  # rank within the user's sequence
+    later = position >= (counts[inter.user] + 1) // 2
+    held = (roles[inter.user] > 0) & later
+    parts = {role: by_user(inter.take(held & (roles[inter.user] == role))) for role in (1, 2)}
+    negatives: dict[int, np.ndarray] = {}
+    for role in (1, 2):
+        negatives |= _sample_negatives(list(parts[role]), np.arange(data.n_items), inter, rng,
+                                       n_negatives)
+    train = data.with_interactions(inter.take(~held), name=f"{data.name}:train")
+    return Split("warm", train, parts[1], parts[2], negatives, users_known=True, seed=seed)
 
 
 # --- external splits ---------------------------------------------------------------------
@@ -207,7 +233,7 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         if len(overlap):
             raise DataError(f"user '{data.user_ids[overlap[0]]}' has both train and {name} rows; "
                             "held-out users must be held out entirely", file=str(path), column="role")
-    parts = {name: _by_user(inter.take(role == name)) for name in ("val", "test")}
+    parts = {name: by_user(inter.take(role == name)) for name in ("val", "test")}
 
     negatives: dict[int, np.ndarray] = {}
     neg_path = folder / "negatives.csv"

@@ -161,6 +161,7 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         bar.set_postfix_str(f"fit {name}")
         start = time.perf_counter()
         if fit:
+            model.set_task(protocol)
             model.fit(split.train, validate=validator)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()

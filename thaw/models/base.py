@@ -58,6 +58,10 @@ class Recommender:
     def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         raise ThawError(f"model '{self.name}' ranks items but does not predict ratings")
 
+    def set_task(self, protocol: str) -> None:
+        """Called before fit with the protocol ("next-item" or "rating"); models whose training
+        objective depends on it (ranking vs rating regression) switch here. Default: nothing."""
+
     def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Batch version of ``score``; subclasses may vectorise it but must give the same numbers."""
         return [self.score(c, i) for c, i in zip(contexts, items, strict=True)]
@@ -74,7 +78,8 @@ class Recommender:
 
 _FACTORIES: dict[str, Callable[..., Recommender]] = {}
 # Modules that register models when imported; later issues append theirs here.
-_MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf")
+_MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
+            "thaw.models.widedeep")
 
 
 def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:

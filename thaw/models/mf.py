@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.models.base import Context, Recommender, Validator, register
 
@@ -189,6 +190,10 @@ class BPR(Recommender):
         self.fold_scale = 1.0
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        with one_thread():
+            return self._fit_bpr(data, validate)
+
+    def _fit_bpr(self, data: Dataset, validate: Validator | None) -> Self:
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         inter = data.interactions

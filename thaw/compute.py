@@ -1,0 +1,24 @@
+"""Compute settings shared by the models."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block, then restore the setting.
+
+    thaw's networks are small: each operation takes microseconds, so handing work between
+    threads costs more than it saves, and on a busy 2-core machine a second thread spinning
+    for a core makes training 10-20x slower (measured; see BENCHMARKS.md).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
