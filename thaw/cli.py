@@ -139,6 +139,16 @@ def _run(protocols: list[str], names: list[str], the_split, ks: tuple[int, ...],
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
+def _register_bandit_commands() -> None:
+    from thaw.bandits.cli import bandit_replay, bandit_sim
+
+    app.command("bandit-sim")(bandit_sim)
+    app.command("bandit-replay")(bandit_replay)
+
+
+_register_bandit_commands()
+
+
 @app.command()
 def datasets() -> None:
     """List the data sets thaw can load and where each would come from."""
