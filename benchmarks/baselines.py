@@ -15,20 +15,7 @@ import warnings
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.eval.protocol import DegenerateResultWarning, METRICS, evaluate
-
-
-def markdown(result, metric: str) -> str:
-    table = result.table[result.table["metric"] == metric]
-    ks = sorted(table["K"].unique())
-    lines = [f"| {metric} | " + " | ".join(f"K={k}" for k in ks) + " |",
-             "|---|" + "---|" * len(ks)]
-    for model in dict.fromkeys(table["model"]):
-        cells = []
-        for k in ks:
-            row = table[(table["model"] == model) & (table["K"] == k)].iloc[0]
-            cells.append(f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from thaw.eval.report import markdown_table
 
 
 def main() -> None:
@@ -49,7 +36,7 @@ def main() -> None:
         print(f"\n### {protocol} ({result.meta['test_users']} test users, mean [95% bootstrap CI])\n")
         for metric in METRICS[protocol]:
             if metric in set(result.table["metric"]):
-                print(markdown(result, metric) + "\n")
+                print(markdown_table(result.table, metric) + "\n")
         print("fit seconds: " + ", ".join(f"{m} {s:.1f}" for m, s in
                                           zip(result.timings["model"], result.timings["fit_seconds"])))
         for w in caught:

@@ -57,7 +57,7 @@ def copy_per_task(model: MeLU, batch: TaskBatch) -> tuple[float, list[torch.Tens
         qloss.backward()
         for p, q in zip(model.net.parameters(), net.parameters()):
             p.grad = q.grad.clone() if p.grad is None else p.grad + q.grad
-        total += float(qloss)
+        total += float(qloss.detach())
     return total, [p.grad.clone() for p in model.net.parameters()]
 
 

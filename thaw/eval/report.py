@@ -71,6 +71,21 @@ def format_tables(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    """One metric as a markdown table: models as rows, K as columns, mean [95% interval]."""
+    table = table[table["metric"] == metric]
+    ks = sorted(table["K"].unique())
+    lines = [f"| {metric} | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for model in dict.fromkeys(table["model"]):
+        cells = []
+        for k in ks:
+            row = table[(table["model"] == model) & (table["K"] == k)]
+            cells.append("n/a" if row.empty else
+                         f"{row['value'].iloc[0]:.3f} [{row['low'].iloc[0]:.3f}, {row['high'].iloc[0]:.3f}]")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     """One panel per metric: value against K with the bootstrap 95% band, one line per model."""
     panels = [(r, m) for r in results for m in METRICS[r.meta["protocol"]]

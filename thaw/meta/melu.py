@@ -83,7 +83,7 @@ class FeatureMetaLearner(Recommender):
 
     def __init__(self, *, objective: str = "rating", adapt_all: bool = False,
                  first_order: bool = False, inner_steps: int = 2, inner_lr: float = 0.05,
-                 epochs: int = 30, batch_size: int = 32, lr: float = 5e-3, dim: int = 16,
+                 epochs: int = 20, batch_size: int = 32, lr: float = 5e-3, dim: int = 16,
                  hidden: tuple[int, ...] = (64, 64), n_negatives: int = 4, patience: int = 3,
                  seed: int = 0, progress: bool = False) -> None:
         self.objective, self.adapt_all, self.first_order = objective, adapt_all, first_order

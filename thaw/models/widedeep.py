@@ -24,6 +24,10 @@ class FirstOrder(nn.Module):
         self.genre = nn.Linear(space.n_genres, 1, bias=False)
         self.year = nn.Embedding(space.n_years, 1)
         self.item = nn.Embedding(len(space.item_code) + 1, 1, padding_idx=0) if item_ids else None
+        with torch.no_grad():  # a linear model starts at zero, not at unit-variance noise
+            for module in [*self.user_fields, self.genre, self.year, self.item]:
+                if module is not None:
+                    module.weight.zero_()
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         total = self.genre(x["genres"]).squeeze(-1) + self.year(x["year"]).squeeze(-1)
@@ -51,6 +55,14 @@ class DeepFMNet(FeatureNet):
     def __init__(self, space: FeatureSpace, dim: int = 16, hidden: tuple[int, ...] = (64, 64)) -> None:
         super().__init__(space, dim, hidden)
         self.linear = FirstOrder(space)
+        # The pairwise term sums products of every pair of fields: with unit-variance
+        # embeddings it starts at +-20 and training diverges, so embeddings start small.
+        with torch.no_grad():
+            for module in [*self.user_fields, self.year, self.item, self.genre]:
+                if module is not None:
+                    module.weight.normal_(0.0, 0.01)
+            if self.item is not None:
+                self.item.weight[0].zero_()
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         fields = self.fields(x)
