@@ -88,7 +88,7 @@ class HML(FeatureMetaLearner):
         inits = self.initialisations()
         if len(inits) == 1:
             return np.zeros(len(contexts), dtype=np.int64)
-        _, shared = self.maml._detached(None)
+        _, shared = self.maml.detached_params(None)
         folds = [self._folds(c) for c in contexts]
         total = torch.zeros(len(contexts), len(inits))
         for f in range(self.n_folds):

@@ -131,7 +131,8 @@ class MAML:
             out.append(self.query_loss(fast, shared, support, query))
         return torch.stack(out)
 
-    def _detached(self, fast: Params | None) -> tuple[Params, Params]:
+    def detached_params(self, fast: Params | None) -> tuple[Params, Params]:
+        """(fast, shared) cut from the graph, for test time; ``fast`` defaults to the module's."""
         live_fast, shared = self.split_params()
         start = live_fast if fast is None else fast
         return ({k: v.detach() for k, v in start.items()},
@@ -143,7 +144,7 @@ class MAML:
 
         An all-masked support has zero gradient, so that task keeps the initialisation.
         """
-        start, shared = self._detached(fast)
+        start, shared = self.detached_params(fast)
         per_task = vmap(lambda s: self.adapt(start, shared, s, steps), randomness="same")
         with torch.enable_grad():
             out = per_task(dict(supports))
@@ -151,7 +152,7 @@ class MAML:
 
     def predict(self, fast: Params, batch: Batch) -> Tensor:
         """Outputs (T, rows) for T tasks' rows, each with its own fast weights (T, ...)."""
-        _, shared = self._detached(None)
+        _, shared = self.detached_params(None)
         with torch.no_grad():
             return vmap(self.forward, in_dims=(0, None, 0))(
                 {k: v.detach() for k, v in fast.items()}, shared, _inputs(batch))
