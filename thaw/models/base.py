@@ -79,7 +79,7 @@ class Recommender:
 _FACTORIES: dict[str, Callable[..., Recommender]] = {}
 # Modules that register models when imported; later issues append theirs here.
 _MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
-            "thaw.models.widedeep")
+            "thaw.models.widedeep", "thaw.models.sequential")
 
 
 def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:

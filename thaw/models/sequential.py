@@ -1,0 +1,275 @@
+"""Sequential recommenders: SASRec (Kang & McAuley 2018) and GRU4Rec (Hidasi et al. 2016).
+
+Both read a user's items in the order they were consumed and predict the next one. They are
+fitted on the warm users' chronological sequences with next-item binary cross-entropy: at
+every position the true next item against one sampled item the user never touched. A cold user
+is scored by running the encoder over their K support items and taking the hidden state after
+the last one; an item's score is its dot product with that state.
+
+Token layout: 0 is padding, item i is token i + 1, and the last token (n_items + 1) is a
+learned "start" token put in front of every sequence. The start token is what makes an empty
+history well defined: its output state is trained to predict a user's first item. Sequences
+are padded on the right, so with a causal encoder the padding never reaches a real position
+and no attention row is ever fully masked.
+
+Items never seen in training keep an all-zero embedding (they get no gradient, and Adam
+leaves a parameter with zero gradient untouched), so they score exactly 0 whatever the user.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from thaw.compute import one_thread
+from thaw.data.schema import Dataset
+from thaw.data.splits import by_user, chronological_order
+from thaw.models.base import Context, Recommender, Validator, register
+
+SCORE_CHUNK = 256  # contexts encoded in one forward pass at score time
+
+
+class _SequenceNet(nn.Module):
+    """Shared item embeddings plus an encoder that maps (B, L) tokens to (B, L, dim) states."""
+
+    def __init__(self, n_tokens: int, dim: int, encoder: nn.Module) -> None:
+        super().__init__()
+        self.items = nn.Embedding(n_tokens, dim, padding_idx=0)
+        self.encoder = encoder
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.encoder(self.items(tokens), tokens)
+
+
+class _SelfAttentionEncoder(nn.Module):
+    """SASRec's encoder: learned positions and causal pre-norm self-attention blocks."""
+
+    def __init__(self, dim: int, max_len: int, n_blocks: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.positions = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=dim, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, embedded: Tensor, tokens: Tensor) -> Tensor:
+        length = tokens.shape[1]
+        pos = self.positions(torch.arange(length, device=tokens.device))
+        x = self.dropout(embedded * self.scale + pos)
+        # Right padding and a causal mask: every row keeps at least its own (diagonal) key,
+        # so no softmax runs over a fully masked row and nothing turns into NaN.
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        x = self.blocks(x, mask=mask, is_causal=True)
+        return self.norm(x)
+
+
+class _RecurrentEncoder(nn.Module):
+    """GRU4Rec's encoder: one GRU layer; its output at each step is the session state."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, hidden, num_layers=1, batch_first=True)
+
+    def forward(self, embedded: Tensor, tokens: Tensor) -> Tensor:
+        out, _ = self.gru(self.dropout(embedded))
+        return out
+
+
+class SequentialRecommender(Recommender):
+    """Shared machinery: training data, negative sampling, the training loop, scoring.
+
+    Subclasses only say which encoder turns embedded tokens into states (``encoder``).
+    Epochs stop early on validation users (``patience`` epochs without improvement) and the
+    best epoch's weights are kept. Ranking only.
+    """
+
+    predicts_ratings = False
+
+    def __init__(self, *, dim: int = 64, max_len: int = 50, dropout: float = 0.2,
+                 epochs: int = 15, batch_size: int = 128, lr: float = 1e-3, l2: float = 0.0,
+                 patience: int = 2, seed: int = 0) -> None:
+        self.dim, self.max_len, self.dropout, self.epochs = dim, max_len, dropout, epochs
+        self.batch_size, self.lr, self.l2, self.patience, self.seed = batch_size, lr, l2, patience, seed
+
+    def encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    # --- fitting -------------------------------------------------------------------------
+
+    def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        with one_thread():
+            return self._fit(data, validate)
+
+    def _fit(self, data: Dataset, validate: Validator | None) -> Self:
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.n_items = data.n_items
+        self.start_token = data.n_items + 1
+        inputs, targets, owners, seen_keys, train_items = self._windows(data)
+        self.net = _SequenceNet(data.n_items + 2, self.dim, self.encoder())
+        with torch.no_grad():  # small embeddings; untrained items (and padding) stay at zero
+            self.net.items.weight.normal_(0.0, 1.0 / math.sqrt(self.dim))
+            trained = np.zeros(data.n_items + 2, dtype=bool)
+            trained[train_items + 1] = True
+            trained[self.start_token] = True
+            self.net.items.weight[torch.as_tensor(~trained)] = 0.0
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.l2)
+        inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
+        real = targets_t > 0
+        lengths = real.sum(1)
+        best, best_state, stale = -np.inf, None, 0
+        self.history: list[dict[str, float]] = []
+        for epoch in range(1, self.epochs + 1):
+            self.net.train()
+            self._scorer = None
+            negatives = torch.as_tensor(
+                self._negatives(owners, targets.shape[1], seen_keys, train_items, rng) + 1)
+            order = torch.as_tensor(rng.permutation(len(inputs)))
+            losses = []
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                # Right padding under a causal encoder: columns after the batch's longest
+                # window change nothing, so they are cut off.
+                width = int(lengths[idx].max())
+                states = self.net(inputs_t[idx, :width])
+                weights = self.net.items.weight
+                pos = (states * weights[targets_t[idx, :width]]).sum(-1)
+                neg = (states * weights[negatives[idx, :width]]).sum(-1)
+                mask = real[idx, :width]
+                loss = (nn.functional.softplus(-pos[mask]).sum()
+                        + nn.functional.softplus(neg[mask]).sum()) / mask.sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            record = {"epoch": epoch, "loss": float(np.mean(losses))}
+            if validate is not None:
+                record["validation"] = value = float(validate(self))
+                if value > best:
+                    best, stale, best_state = value, 0, copy.deepcopy(self.net.state_dict())
+                else:
+                    stale += 1
+            self.history.append(record)
+            if validate is not None and stale >= self.patience:
+                break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.net.eval()
+        self._scorer = None
+        self.epochs_run = len(self.history)
+        return self
+
+    def _windows(self, data: Dataset) -> tuple[np.ndarray, ...]:
+        """Training windows from every warm user's chronological sequence.
+
+        A user's tokens are [start, i1 + 1, i2 + 1, ...]; they are cut into windows of
+        ``max_len`` inputs whose targets are the same tokens shifted by one, so every item is
+        a target exactly once and the first window of each user begins at the start token.
+        """
+        inter = data.interactions
+        inter = inter.take(chronological_order(inter, self.seed))
+        rows_in, rows_out, owners = [], [], []
+        length = self.max_len
+        for user, seq in by_user(inter).items():
+            tokens = np.concatenate([[self.start_token], seq.item + 1])
+            for begin in range(0, len(seq), length):
+                x = tokens[begin:begin + length]
+                y = tokens[begin + 1:begin + length + 1]
+                rows_in.append(np.pad(x, (0, length - len(x))))
+                rows_out.append(np.pad(y, (0, length - len(y))))
+                owners.append(user)
+        inputs = np.asarray(rows_in, dtype=np.int64).reshape(-1, length)
+        targets = np.asarray(rows_out, dtype=np.int64).reshape(-1, length)
+        seen_keys = np.unique(inter.user * np.int64(data.n_items) + inter.item)
+        return inputs, targets, np.asarray(owners, dtype=np.int64), seen_keys, np.unique(inter.item)
+
+    def _negatives(self, owners: np.ndarray, length: int, seen_keys: np.ndarray,
+                   pool: np.ndarray, rng: np.random.Generator, rounds: int = 50) -> np.ndarray:
+        """One item per window position, drawn from the training items the owner never touched."""
+        negatives = pool[rng.integers(0, len(pool), (len(owners), length))]
+        users = np.broadcast_to(owners[:, None], negatives.shape)
+        for _ in range(rounds):
+            keys = users * np.int64(self.n_items) + negatives
+            where = np.searchsorted(seen_keys, keys).clip(max=len(seen_keys) - 1)
+            bad = seen_keys[where] == keys
+            if not bad.any():
+                break
+            negatives[bad] = pool[rng.integers(0, len(pool), int(bad.sum()))]
+        return negatives
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def _tokens(self, ctx: Context) -> np.ndarray:
+        """The start token and the last (max_len - 1) support items, right-padded to max_len."""
+        items = ctx.history.item[max(0, len(ctx.history) - (self.max_len - 1)):]
+        tokens = np.concatenate([[self.start_token], items + 1])
+        return np.pad(tokens, (0, self.max_len - len(tokens)))
+
+    def _scoring_net(self) -> _SequenceNet:
+        """A float64 copy of the network for scoring, made once per trained state."""
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = copy.deepcopy(self.net).double().eval()
+        return self._scorer
+
+    def user_states(self, contexts: Sequence[Context]) -> np.ndarray:
+        """(len(contexts), dim): the encoder's state after each context's last support item.
+
+        Every context is padded to max_len whatever the chunk, and the network runs in
+        float64, so a context's state depends on which others share its batch only at the
+        level of float64 rounding (which ``score_many`` then rounds away).
+        """
+        out = []
+        net = self._scoring_net()
+        with torch.no_grad():
+            for start in range(0, len(contexts), SCORE_CHUNK):
+                chunk = contexts[start:start + SCORE_CHUNK]
+                tokens = torch.as_tensor(np.stack([self._tokens(c) for c in chunk]))
+                last = torch.as_tensor([min(len(c.history), self.max_len - 1) for c in chunk])
+                states = net(tokens)[torch.arange(len(chunk)), last]
+                out.append(states.numpy().astype(np.float64))
+        return np.concatenate(out) if out else np.empty((0, self.dim))
+
+    def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(contexts) != len(items):
+            raise ValueError("contexts and items differ in length")
+        with one_thread():
+            states = self.user_states(contexts)
+            table = self._scoring_net().items.weight.detach().numpy()
+        # Rounded to float32 so that batch-size-dependent float64 rounding in the matrix
+        # products cannot make score and score_many differ.
+        return [(table[np.asarray(i, dtype=np.int64) + 1] @ s).astype(np.float32).astype(np.float64)
+                for s, i in zip(states, items, strict=True)]
+
+    def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        return self.score_many([ctx], [items])[0]
+
+
+@register("sasrec")
+class SASRec(SequentialRecommender):
+    """SASRec: causal self-attention over the sequence (2 blocks, learned positions)."""
+
+    def __init__(self, *, n_blocks: int = 2, n_heads: int = 1, **kwargs) -> None:
+        # lr 3e-3: at 1e-3 the validation NDCG@10 stayed at popularity's level (0.43-0.46) for
+        # 14 epochs on ML-100k; at 3e-3 it reached 0.705 by epoch 15 (validation users only).
+        super().__init__(**{"lr": 3e-3, **kwargs})
+        self.n_blocks, self.n_heads = n_blocks, n_heads
+
+    def encoder(self) -> nn.Module:
+        return _SelfAttentionEncoder(self.dim, self.max_len, self.n_blocks, self.n_heads, self.dropout)
+
+
+@register("gru4rec")
+class GRU4Rec(SequentialRecommender):
+    """GRU4Rec: one GRU layer whose hidden state is the session state."""
+
+    def encoder(self) -> nn.Module:
+        return _RecurrentEncoder(self.dim, self.dim, self.dropout)
