@@ -501,8 +501,8 @@ def test_table_encoder_one_hot_bands_multi_hot_scaled():
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    from thaw.bandits._threads import single_threaded_blas
-    with single_threaded_blas():
+    from thaw.compute import one_thread
+    with one_thread():
         yield
 
 

@@ -6,19 +6,22 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from threadpoolctl import threadpool_limits
 
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block, then restore the setting.
+    """Run torch and the BLAS on one thread inside the block, then restore the settings.
 
-    thaw's networks are small: each operation takes microseconds, so handing work between
-    threads costs more than it saves, and on a busy 2-core machine a second thread spinning
-    for a core makes training 10-20x slower (measured; see BENCHMARKS.md).
+    thaw's networks and bandit updates are small: each operation takes microseconds, so handing
+    work between threads costs more than it saves, and on a busy 2-core machine a second thread
+    spinning for a core makes training 10-20x slower (measured; see BENCHMARKS.md). Works as a
+    decorator too (``@one_thread()``).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)

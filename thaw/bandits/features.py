@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from thaw.data.features import AGE_BANDS as PROFILE_AGE_BANDS
 from thaw.errors import ThawError
 from thaw.models.base import Context
 
-# MovieLens' own age bands (ML-1M's documentation), used for any column named "age".
-AGE_BANDS = (18.0, 25.0, 35.0, 45.0, 50.0, 56.0)
+# The band edges thaw uses everywhere (MovieLens-1M's groups), for any column named "age".
+AGE_BANDS = tuple(float(low) for low, _, _ in PROFILE_AGE_BANDS[1:])
 
 
 def _missing(value: Any) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from thaw.bandits._threads import single_threaded_blas
+from thaw.compute import one_thread
 from thaw.bandits.policies import Policy, as_candidates
 from thaw.data.schema import Dataset
 from thaw.errors import DataError, ThawError
@@ -184,7 +184,7 @@ def replay(policy: Policy, log: BanditLog, *, warn: bool = True, learn: bool = T
                       "Use ips/snips/doubly_robust with the logged propensities instead.",
                       NonUniformLoggingWarning, stacklevel=2)
     kept: list[float] = []
-    with single_threaded_blas():
+    with one_thread():
         for i in range(len(log)):
             ctx = log.context(i)
             choice = policy.select(ctx, log.candidates_of(i), 1)[0]
@@ -274,7 +274,7 @@ def off_policy_estimates(policy: Policy, log: BanditLog, *, reward_model: Reward
     target = np.empty(n)
     rhat = np.empty(n)
     direct = np.empty(n)
-    with single_threaded_blas():
+    with one_thread():
         _target_terms(policy, log, reward_model, target, rhat, direct)
     out = {"ips": ips(log.rewards, log.propensities, target, clip=clip),
            "snips": snips(log.rewards, log.propensities, target, clip=clip)}

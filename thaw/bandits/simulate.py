@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from thaw.bandits._threads import single_threaded_blas
+from thaw.compute import one_thread
 from thaw.bandits.features import FeatureMap, JoinedFeatures, ProfileFeatures, TableEncoder, VectorFeatures
 from thaw.bandits.linear import LinearTS, LinUCB
 from thaw.bandits.policies import EpsilonGreedy, Policy, RandomPolicy, ThompsonBeta, UCB1
@@ -186,7 +186,7 @@ def simulate(world: BanditWorld, factories: Mapping[str, Callable[[int], Policy]
     regret: dict[str, np.ndarray] = {}
     speed: dict[str, list[float]] = {}
     try:
-        with single_threaded_blas():
+        with one_thread():
             for name, factory in factories.items():
                 curves, rates = [], []
                 for seed in seeds:

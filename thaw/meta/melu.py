@@ -122,11 +122,8 @@ class FeatureMetaLearner(Recommender):
     def network(self, space: FeatureSpace) -> FeatureNet:
         return FeatureNet(space, self.dim, self.hidden)
 
+    @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
-        with one_thread():
-            return self._fit(data, validate)
-
-    def _fit(self, data: Dataset, validate: Validator | None) -> Self:
         self._build(data)
         rng = np.random.default_rng(self.seed)
         tasks = TrainingTasks(data, self.builder, seed=self.seed)
@@ -193,11 +190,8 @@ class FeatureMetaLearner(Recommender):
         padded = [pad(r, size) for r in rows]
         return {k: torch.as_tensor(np.stack([p[k] for p in padded])) for k in padded[0]}
 
+    @one_thread()
     def _outputs(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        with one_thread():
-            return self._outputs_chunked(contexts, items)
-
-    def _outputs_chunked(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         for start in range(0, len(contexts), SCORE_CHUNK):
             ctxs = contexts[start:start + SCORE_CHUNK]

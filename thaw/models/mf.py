@@ -189,11 +189,8 @@ class BPR(Recommender):
             fold_scales, check_every, patience, seed)
         self.fold_scale = 1.0
 
+    @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
-        with one_thread():
-            return self._fit_bpr(data, validate)
-
-    def _fit_bpr(self, data: Dataset, validate: Validator | None) -> Self:
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         inter = data.interactions

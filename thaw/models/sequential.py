@@ -105,11 +105,8 @@ class SequentialRecommender(Recommender):
 
     # --- fitting -------------------------------------------------------------------------
 
+    @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
-        with one_thread():
-            return self._fit(data, validate)
-
-    def _fit(self, data: Dataset, validate: Validator | None) -> Self:
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self.n_items = data.n_items
