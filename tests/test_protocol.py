@@ -8,7 +8,7 @@ import pytest
 
 from thaw.data.splits import make_split
 from thaw.eval.protocol import (DegenerateResultWarning, SplitValidator, episodes, evaluate)
-from thaw.models.base import Recommender
+from thaw.models.base import Recommender, make_model
 
 
 class Spy(Recommender):
@@ -124,3 +124,16 @@ def test_validator_scores_validation_users_only(synthetic):
     split = make_split(synthetic, "new-user", seed=0)
     validator = SplitValidator(split, "next-item", ks=(1, 3))
     assert validator.episodes and {e.user for e in validator.episodes} <= set(split.val)
+
+
+def test_parallel_jobs_give_the_same_numbers_as_one(synthetic):
+    split = make_split(synthetic, "new-user", seed=0)
+    names = ["pop", "mf", "sasrec"]
+    kwargs = {"sasrec": {"epochs": 1}}
+    one = evaluate({n: make_model(n, **kwargs.get(n, {})) for n in names}, split, ks=(1, 3),
+                   progress=False, n_bootstrap=20)
+    two = evaluate({n: make_model(n, **kwargs.get(n, {})) for n in names}, split, ks=(1, 3),
+                   progress=False, n_bootstrap=20, jobs=2)
+    pd.testing.assert_frame_equal(one.per_user, two.per_user)
+    pd.testing.assert_frame_equal(one.table, two.table)
+    assert list(two.timings["model"]) == names

@@ -96,11 +96,11 @@ def test_fitting_is_reproducible(walk_split):
     assert np.array_equal(a.score(ctx, np.arange(60)), b.score(ctx, np.arange(60)))
 
 
-def test_items_unseen_in_training_score_zero():
+def test_items_unseen_in_training_rank_last():
     data = walking_dataset(n_users=40, n_items=30)
     inter = data.interactions
     train = data.with_interactions(inter.take(inter.item != 7))
     model = make_model("sasrec", epochs=1).fit(train)
     scores = model.score(Context(None, history([5, 6])), np.arange(30))
-    assert scores[7] == 0.0
-    assert np.count_nonzero(scores) == 29
+    assert scores[7] == -np.inf
+    assert np.isfinite(np.delete(scores, 7)).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,9 @@ app = typer.Typer(help="thaw: recommendation for users and items with little or 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 DEFAULT_DATASET = "ml-100k"
+# Models are small and run on one thread each, so fitting several at once uses the cores;
+# capped at 4 because more processes mostly add memory (each imports torch).
+DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -67,6 +71,7 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid,rating=stars,ts=time.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
 ) -> None:
     """Fit models on training users and evaluate them on held-out users, stratified by K."""
     from thaw.data.splits import make_split, read_split_folder
@@ -79,7 +84,7 @@ def evaluate(
         data = _load(dataset or DEFAULT_DATASET, columns)
         the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed)
     _run([protocol], _model_list(models), the_split, ks_tuple, candidates, out, seed, bootstrap,
-         progress)
+         progress, jobs)
 
 
 @app.command()
@@ -89,6 +94,7 @@ def run(
     models: Annotated[str, typer.Option(help="Comma-separated model names, or 'all'.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
 ) -> None:
     """thaw's main job: every model, new-user split, both protocols, K = 1, 3, 5, 10."""
     from thaw.data.splits import make_split
@@ -96,7 +102,7 @@ def run(
     data = _load(dataset, None)
     the_split = make_split(data, "new-user", seed=seed)
     _run(["next-item", "rating"], _model_list(models), the_split, (1, 3, 5, 10), "sampled", out,
-         seed, 1000, progress)
+         seed, 1000, progress, jobs)
 
 
 def _load(dataset: str, columns: str | None):
@@ -117,7 +123,7 @@ def _model_list(text: str) -> list[str]:
 
 
 def _run(protocols: list[str], names: list[str], the_split, ks: tuple[int, ...], candidates: str,
-         out: Path, seed: int, bootstrap: int, progress: bool) -> None:
+         out: Path, seed: int, bootstrap: int, progress: bool, jobs: int) -> None:
     from thaw.eval.protocol import DegenerateResultWarning, evaluate
     from thaw.eval.report import format_tables, write_results
     from thaw.models.base import make_model
@@ -129,7 +135,7 @@ def _run(protocols: list[str], names: list[str], the_split, ks: tuple[int, ...],
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DegenerateResultWarning)
             result = evaluate(models, the_split, protocol=protocol, ks=ks, candidates=candidates,
-                              n_bootstrap=bootstrap, seed=seed, progress=progress)
+                              n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs)
         typer.echo(format_tables(result))
         typer.echo("\nfit seconds: " + ", ".join(
             f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"])))

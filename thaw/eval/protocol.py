@@ -9,9 +9,11 @@ compares like with like. Model selection only ever sees validation users.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -86,8 +88,10 @@ def _check_protocol(protocol: str, candidates: str) -> None:
         raise ThawError("candidates must be 'sampled' (target + 100 negatives) or 'full'")
 
 
-def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str) -> tuple[list[dict[str, float]], dict[str, int]]:
-    """Per-episode metrics, plus counts of suspicious score vectors (constant, NaN)."""
+def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str,
+                   cutoffs: Sequence[int] = (1, 10)) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """Per-episode metrics (next-item: Hit@N and NDCG@N at each cutoff N, MRR, AUC), plus
+    counts of suspicious score vectors (constant, NaN)."""
     flags = {"constant": 0, "nan": 0}
     rows: list[dict[str, float]] = []
     rates = protocol == "rating" and model.predicts_ratings
@@ -101,7 +105,7 @@ def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str) ->
         flags["nan"] += int(np.isnan(s).any())
         flags["constant"] += int(len(s) > 1 and np.all(s == s[0]))
         if protocol == "next-item":
-            rows.append(ranking_metrics(target_rank(s[0], s[1:]), len(s) - 1, ks=(1, 10)))
+            rows.append(ranking_metrics(target_rank(s[0], s[1:]), len(s) - 1, ks=tuple(cutoffs)))
         else:
             row = rating_errors(s, ep.truth) if rates else {}
             row["ndcg@3"] = graded_ndcg(s, ep.truth, 3)
@@ -141,48 +145,51 @@ class EvalResult:
 def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, split: Split, *,
              protocol: str = "next-item", ks: Sequence[int] = DEFAULT_KS,
              candidates: str = "sampled", n_bootstrap: int = 1000, seed: int = 0,
-             progress: bool = True, fit: bool = True) -> EvalResult:
-    """Fit each model on the split's training users and evaluate it on its test users."""
+             progress: bool = True, fit: bool = True, jobs: int = 1,
+             cutoffs: Sequence[int] = (1, 10)) -> EvalResult:
+    """Fit each model on the split's training users and evaluate it on its test users.
+
+    ``cutoffs`` are the N of the next-item protocol's Hit@N and NDCG@N.
+    ``jobs > 1`` fits and scores that many models at once in worker processes. Every model is
+    seeded and runs on one thread, so the numbers are the same as with ``jobs=1``; the models
+    passed in are then fitted in the workers only and come back unfitted.
+    """
     _check_protocol(protocol, candidates)
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] < 0:
         raise ThawError("ks must be non-negative integers")
+    if jobs < 1:
+        raise ThawError("jobs must be at least 1")
     models = _as_models(models)
     test_eps = {k: episodes(split, "test", k, protocol, max_k=max(ks), candidates=candidates)
                 for k in ks}
     if not test_eps[ks[0]]:
         raise ThawError(f"no test user has more than {max(ks)} interactions; lower the largest K")
-    validator = SplitValidator(split, protocol, ks) if fit else None
-    per_user_rows: list[tuple] = []
-    timing_rows, notes = [], []
-    bar = tqdm(total=len(models) * len(ks), desc=f"evaluate ({protocol})", disable=not progress,
-               leave=False)
-    for name, model in models.items():
-        bar.set_postfix_str(f"fit {name}")
-        start = time.perf_counter()
-        if fit:
-            model.set_task(protocol)
-            model.fit(split.train, validate=validator)
-        fit_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        flags = {"constant": 0, "nan": 0, "episodes": 0}
-        bar.set_postfix_str(f"score {name}")
-        for k in ks:
-            rows, f = score_episodes(model, test_eps[k], protocol)
-            flags["constant"] += f["constant"]
-            flags["nan"] += f["nan"]
-            flags["episodes"] += len(rows)
-            for ep, row in zip(test_eps[k], rows, strict=True):
-                per_user_rows += [(name, k, ep.user, m, v) for m, v in row.items()]
+    bar = tqdm(total=len(models), desc=f"evaluate ({protocol})", disable=not progress, leave=False)
+    job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs))
+    outcomes: dict[str, tuple] = {}
+    if jobs == 1 or len(models) == 1:
+        for name, model in models.items():
+            bar.set_postfix_str(name)
+            outcomes[name] = job(name, model)
             bar.update(1)
-        timing_rows.append((name, fit_seconds, time.perf_counter() - start))
-        if flags["constant"]:
-            notes.append(f"{name}: scored every candidate the same for {flags['constant']} of "
-                         f"{flags['episodes']} episodes (ties count against it)")
-        if flags["nan"]:
-            notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
-                         "episodes (NaN counts against it)")
+    else:
+        # spawn, not fork: a forked child of a process that has used torch's thread pools
+        # can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(job, name, model): name for name, model in models.items()}
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                bar.set_postfix_str(futures[future])
+                bar.update(1)
     bar.close()
+    per_user_rows, timing_rows, notes = [], [], []
+    for name in models:  # the caller's order, whatever order the workers finished in
+        rows, timing, model_notes = outcomes[name]
+        per_user_rows += rows
+        timing_rows.append(timing)
+        notes += model_notes
     per_user = pd.DataFrame(per_user_rows, columns=["model", "K", "user", "metric", "value"])
     table = summarise(per_user, n_bootstrap=n_bootstrap, seed=seed)
     notes += degenerate_results(per_user)
@@ -194,6 +201,46 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
             if split.negatives else 0}
     return EvalResult(table, per_user, compare(per_user), pd.DataFrame(
         timing_rows, columns=["model", "fit_seconds", "score_seconds"]), notes, meta)
+
+
+@dataclass(frozen=True)
+class _ModelJob:
+    """Fit one model (validating on validation users only) and score it at every K.
+
+    A picklable callable, so worker processes can run it.
+    """
+
+    split: Split
+    protocol: str
+    ks: tuple[int, ...]
+    test_eps: dict[int, list[Episode]]
+    fit: bool
+    cutoffs: tuple[int, ...]
+
+    def __call__(self, name: str, model: Recommender) -> tuple[list[tuple], tuple, list[str]]:
+        start = time.perf_counter()
+        if self.fit:
+            model.set_task(self.protocol)
+            model.fit(self.split.train, validate=SplitValidator(self.split, self.protocol, self.ks))
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        flags = {"constant": 0, "nan": 0, "episodes": 0}
+        rows_out: list[tuple] = []
+        for k in self.ks:
+            rows, f = score_episodes(model, self.test_eps[k], self.protocol, self.cutoffs)
+            flags["constant"] += f["constant"]
+            flags["nan"] += f["nan"]
+            flags["episodes"] += len(rows)
+            for ep, row in zip(self.test_eps[k], rows, strict=True):
+                rows_out += [(name, k, ep.user, m, v) for m, v in row.items()]
+        notes = []
+        if flags["constant"]:
+            notes.append(f"{name}: scored every candidate the same for {flags['constant']} of "
+                         f"{flags['episodes']} episodes (ties count against it)")
+        if flags["nan"]:
+            notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
+                         "episodes (NaN counts against it)")
+        return rows_out, (name, fit_seconds, time.perf_counter() - start), notes
 
 
 def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender) -> dict[str, Recommender]:

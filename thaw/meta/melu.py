@@ -25,7 +25,7 @@ from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset
 from thaw.meta.maml import MAML, MetaTrainer, Params, TaskBatch, masked_bce, masked_mse
 from thaw.meta.tasks import TaskBuilder, TrainingTasks, pad
-from thaw.models.base import Context, Recommender, Validator, register
+from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
 
 DECISION_LAYERS = ("decision.", "out.")
 SCORE_CHUNK = 256  # users adapted at once at score time
@@ -128,25 +128,23 @@ class FeatureMetaLearner(Recommender):
         rng = np.random.default_rng(self.seed)
         tasks = TrainingTasks(data, self.builder, seed=self.seed)
         trainer = MetaTrainer(self.maml, self._outer_params(), lr=self.lr)
-        best, best_state, stale = -np.inf, None, 0
+        stopper = EarlyStopping(self.patience)
         self.history: list[dict[str, float]] = []
         bar = tqdm(range(self.epochs), desc=f"fit {self.name}", disable=not self.progress, leave=False)
         for epoch in bar:
             losses = [self._train_step(trainer, batch)
                       for _, batch in tasks.epochs(1, self.batch_size, rng)]
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+            stop = False
             if validate is not None:
                 record["validation"] = value = validate(self)
-                if value > best:
-                    best, stale, best_state = value, 0, self._state()
-                else:
-                    stale += 1
+                stop = stopper.update(value, self._state)
             self.history.append(record)
             bar.set_postfix(record)
-            if validate is not None and stale >= self.patience:
+            if stop:
                 break
-        if best_state is not None:
-            self._load(best_state)
+        if stopper.best_state is not None:
+            self._load(stopper.best_state)
         return self
 
     def _outer_params(self) -> list[Tensor]:

@@ -74,6 +74,24 @@ class Recommender:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+class EarlyStopping:
+    """Keeps the state of the best validation epoch and says when to stop: after ``patience``
+    epochs without improvement (NaN never improves)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.stale = patience, -np.inf, 0
+        self.best_state: Any = None
+
+    def update(self, value: float, snapshot: Callable[[], Any]) -> bool:
+        """Record one epoch's validation value (``snapshot()`` is called only on a new best);
+        True when training should stop."""
+        if value > self.best:
+            self.best, self.stale, self.best_state = value, 0, snapshot()
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+
 # --- registry ---------------------------------------------------------------------------
 
 _FACTORIES: dict[str, Callable[..., Recommender]] = {}

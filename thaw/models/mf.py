@@ -20,7 +20,7 @@ import torch
 
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset
-from thaw.models.base import Context, Recommender, Validator, register
+from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
 
 
 def implicit_fold_in(item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray,
@@ -200,7 +200,7 @@ class BPR(Recommender):
         item_emb = torch.nn.Parameter(torch.randn(data.n_items, self.dim) * 0.1)
         item_bias = torch.nn.Parameter(torch.zeros(data.n_items))
         opt = torch.optim.Adam([user_emb, item_emb, item_bias], lr=self.lr)
-        best, best_state, stale = -np.inf, None, 0
+        stopper = EarlyStopping(self.patience)
         for epoch in range(1, self.epochs + 1):
             order = torch.as_tensor(rng.permutation(len(inter)))
             negatives = torch.as_tensor(rng.integers(0, data.n_items, len(inter)))
@@ -217,18 +217,13 @@ class BPR(Recommender):
             if validate is not None and (epoch % self.check_every == 0 or epoch == self.epochs):
                 self._freeze(user_emb, item_emb, item_bias, data)
                 value = self._tune_fold_scale(validate)
-                if value > best:
-                    best, stale = value, 0
-                    best_state = (self.user_factors, self.item_factors, self.item_bias,
-                                  self.fold_scale)
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
-        if best_state is None:
+                if stopper.update(value, lambda: (self.user_factors, self.item_factors,
+                                                  self.item_bias, self.fold_scale)):
+                    break
+        if stopper.best_state is None:
             self._freeze(user_emb, item_emb, item_bias, data)
         else:
-            self.user_factors, self.item_factors, self.item_bias, self.fold_scale = best_state
+            self.user_factors, self.item_factors, self.item_bias, self.fold_scale = stopper.best_state
             self.gram = self.item_factors.T @ self.item_factors
         self.epochs_run = epoch
         return self
