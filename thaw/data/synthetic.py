@@ -95,3 +95,24 @@ def make_preference_clusters(n_users: int = 300, n_items: int = 60, n_clusters: 
     }, index=[f"i{i}" for i in range(n_items)])
     return Dataset.from_frames("preference-clusters", ratings_frame, users, items_frame,
                                rating_scale=(1.0, 5.0))
+
+
+def make_step_walks(n_users: int = 600, n_items: int = 400, length: tuple[int, int] = (6, 10),
+                    seed: int = 0) -> Dataset:
+    """Users walk a line of items with a fixed stride: i, i+1, i+2, ... for even users and
+    i, i+2, i+4, ... for odd ones, from a random start.
+
+    The next item follows from the last one and the user's stride, which two consecutive
+    items reveal. A transition model (MetaTL) can learn the two strides once for every item;
+    a sequence model must learn each item's successors. With a catalogue much larger than a
+    user's walk, the 100 sampled negatives rarely hold the other stride's candidate.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        stride = 1 + u % 2
+        n = int(rng.integers(length[0], length[1] + 1))
+        start = int(rng.integers(0, n_items - stride * n))
+        rows += [(f"u{u}", f"i{start + stride * t}", 1.0, 1_000 * u + t) for t in range(n)]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "ts"])
+    return Dataset.from_frames("step-walks", frame, items=pd.DataFrame(index=[f"i{i}" for i in range(n_items)]))

@@ -97,7 +97,7 @@ class EarlyStopping:
 _FACTORIES: dict[str, Callable[..., Recommender]] = {}
 # Modules that register models when imported; later issues append theirs here.
 _MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
-            "thaw.models.widedeep", "thaw.models.sequential")
+            "thaw.models.widedeep", "thaw.models.sequential", "thaw.meta.metatl",)
 
 
 def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:
