@@ -92,14 +92,16 @@ class SequentialRecommender(Recommender):
 
     Subclasses only say which encoder turns embedded tokens into states (``encoder``).
     Epochs stop early on validation users (``patience`` epochs without improvement) and the
-    best epoch's weights are kept. Ranking only.
+    best epoch's weights are kept. Ranking only. The patience is 4 because training first
+    sits on a plateau at popularity's level for a few epochs: with patience 2 SASRec stopped
+    there on the temporal split (validation NDCG@10 0.35 at epoch 4 vs 0.63 at epoch 8).
     """
 
     predicts_ratings = False
 
     def __init__(self, *, dim: int = 64, max_len: int = 50, dropout: float = 0.2,
-                 epochs: int = 15, batch_size: int = 128, lr: float = 1e-3, l2: float = 0.0,
-                 patience: int = 2, seed: int = 0) -> None:
+                 epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, l2: float = 0.0,
+                 patience: int = 4, seed: int = 0) -> None:
         self.dim, self.max_len, self.dropout, self.epochs = dim, max_len, dropout, epochs
         self.batch_size, self.lr, self.l2, self.patience, self.seed = batch_size, lr, l2, patience, seed
 
