@@ -26,14 +26,13 @@ from typing import Self
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
 from thaw.meta.maml import MAML, MetaTrainer, TaskBatch
 from thaw.meta.tasks import sample_unseen
-from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
+from thaw.models.base import Context, Recommender, Validator, register, train_epochs
 
 SCORE_CHUNK = 256  # users adapted at once at score time
 
@@ -125,27 +124,17 @@ class MetaTL(Recommender):
                            inner_steps=self.inner_steps if self.use_maml else 0,
                            inner_lr=self.inner_lr, first_order=self.first_order)
         trainer = MetaTrainer(self.engine, lr=self.lr)
-        stopper = EarlyStopping(self.patience)
-        self.history: list[dict[str, float]] = []
-        bar = tqdm(range(self.epochs), desc=f"fit {self.name}", disable=not self.progress, leave=False)
-        for epoch in bar:
+
+        def train_epoch() -> float:
             order = rng.permutation(np.repeat(np.arange(tasks.n_users), self.tasks_per_user))
-            losses = []
-            for start in range(0, len(order), self.batch_size):
-                batch = tasks.sample(order[start:start + self.batch_size], rng)
-                losses.append(trainer.step(self.engine.task_losses(batch).mean()))
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+            losses = [trainer.step(self.engine.task_losses(
+                tasks.sample(order[start:start + self.batch_size], rng)).mean())
+                for start in range(0, len(order), self.batch_size)]
             self._scorer = None  # the weights moved
-            stop = False
-            if validate is not None:
-                record["validation"] = value = float(validate(self))
-                stop = stopper.update(value, lambda: copy.deepcopy(self.net.state_dict()))
-            self.history.append(record)
-            bar.set_postfix(record)
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self.net.load_state_dict(stopper.best_state)
+            return float(np.mean(losses))
+
+        self.history = train_epochs(self, validate, epochs=self.epochs, patience=self.patience,
+                                    train_epoch=train_epoch, net=self.net, progress=self.progress)
         self._scorer = None
         self.epochs_run = len(self.history)
         return self

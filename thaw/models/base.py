@@ -8,12 +8,14 @@ evaluation protocol, the router and the service need no special case per method.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
@@ -92,12 +94,35 @@ class EarlyStopping:
         return self.stale >= self.patience
 
 
+def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int, patience: int,
+                 train_epoch: Callable[[], float], net: Any, progress: bool = False) -> list[dict[str, float]]:
+    """The epoch loop of thaw's torch models: ``train_epoch()`` (returns the mean loss), then
+    validation, early stopping, and at the end the best epoch's weights loaded into ``net``."""
+    stopper = EarlyStopping(patience)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc=f"fit {model.name}", disable=not progress, leave=False)
+    for epoch in bar:
+        record = {"epoch": epoch + 1, "loss": float(train_epoch())}
+        stop = False
+        if validate is not None:
+            record["validation"] = value = float(validate(model))
+            stop = stopper.update(value, lambda: copy.deepcopy(net.state_dict()))
+        history.append(record)
+        bar.set_postfix(record)
+        if stop:
+            break
+    if stopper.best_state is not None:
+        net.load_state_dict(stopper.best_state)
+    return history
+
+
 # --- registry ---------------------------------------------------------------------------
 
 _FACTORIES: dict[str, Callable[..., Recommender]] = {}
 # Modules that register models when imported; later issues append theirs here.
 _MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
-            "thaw.models.widedeep", "thaw.models.sequential", "thaw.meta.metatl",)
+            "thaw.models.widedeep", "thaw.models.sequential", "thaw.meta.metatl",
+            "thaw.meta.metacsr")
 
 
 def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:
