@@ -1,7 +1,6 @@
 """Splits: held-out users and items never reach fit; orders and negatives are fixed by seed."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import tiny_dataset

@@ -10,7 +10,6 @@ this is MeLU, number for number (the first initialisation is MeLU's own decision
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,13 +68,8 @@ class HML(FeatureMetaLearner):
         self.cluster_sizes += np.bincount(assign.numpy(), minlength=self.n_inits)
         return trainer.step(losses.gather(1, assign[:, None]).mean())
 
-    def _state(self) -> dict:
-        return {"net": copy.deepcopy(self.net.state_dict()),
-                "extra": copy.deepcopy(self.extra.state_dict())}
-
-    def _load(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.extra.load_state_dict(state["extra"])
+    def _trained(self) -> nn.Module:
+        return nn.ModuleList([self.net, self.extra])
 
     # --- test time: choose the initialisation from the support alone --------------------
 

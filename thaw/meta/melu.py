@@ -11,21 +11,19 @@ so new items are scored like old ones.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from thaw.compute import one_thread
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset
 from thaw.meta.maml import MAML, MetaTrainer, Params, TaskBatch, masked_bce, masked_mse
 from thaw.meta.tasks import TaskBuilder, TrainingTasks, pad
-from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
+from thaw.models.base import Context, Recommender, Validator, register, train_epochs
 
 DECISION_LAYERS = ("decision.", "out.")
 SCORE_CHUNK = 256  # users adapted at once at score time
@@ -128,24 +126,16 @@ class FeatureMetaLearner(Recommender):
         rng = np.random.default_rng(self.seed)
         tasks = TrainingTasks(data, self.builder, seed=self.seed)
         trainer = MetaTrainer(self.maml, self._outer_params(), lr=self.lr)
-        stopper = EarlyStopping(self.patience)
-        self.history: list[dict[str, float]] = []
-        bar = tqdm(range(self.epochs), desc=f"fit {self.name}", disable=not self.progress, leave=False)
-        for epoch in bar:
-            losses = [self._train_step(trainer, batch)
-                      for _, batch in tasks.epochs(1, self.batch_size, rng)]
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-            stop = False
-            if validate is not None:
-                record["validation"] = value = validate(self)
-                stop = stopper.update(value, self._state)
-            self.history.append(record)
-            bar.set_postfix(record)
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self._load(stopper.best_state)
+        self.history = train_epochs(
+            self, validate, epochs=self.epochs, patience=self.patience, net=self._trained(),
+            train_epoch=lambda: float(np.mean([self._train_step(trainer, batch)
+                                               for _, batch in tasks.epochs(1, self.batch_size, rng)])),
+            progress=self.progress)
         return self
+
+    def _trained(self) -> nn.Module:
+        """Everything fitting moves, saved and restored as the best epoch's state."""
+        return self.net
 
     def _outer_params(self) -> list[Tensor]:
         return list(self.net.parameters())
@@ -158,12 +148,6 @@ class FeatureMetaLearner(Recommender):
         rows = {k: torch.cat([batch.support[k].flatten(0, 1), batch.query[k].flatten(0, 1)])
                 for k in batch.support}
         return trainer.step(self.maml.batch_loss(fast, shared, rows))
-
-    def _state(self) -> dict[str, Tensor]:
-        return copy.deepcopy(self.net.state_dict())
-
-    def _load(self, state: dict[str, Tensor]) -> None:
-        self.net.load_state_dict(state)
 
     # --- scoring -------------------------------------------------------------------------
 

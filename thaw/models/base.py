@@ -97,7 +97,8 @@ class EarlyStopping:
 def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int, patience: int,
                  train_epoch: Callable[[], float], net: Any, progress: bool = False) -> list[dict[str, float]]:
     """The epoch loop of thaw's torch models: ``train_epoch()`` (returns the mean loss), then
-    validation, early stopping, and at the end the best epoch's weights loaded into ``net``."""
+    validation, early stopping, and at the end the best epoch's weights loaded into ``net``
+    (any module holding everything fitting moves)."""
     stopper = EarlyStopping(patience)
     history: list[dict[str, float]] = []
     bar = tqdm(range(epochs), desc=f"fit {model.name}", disable=not progress, leave=False)

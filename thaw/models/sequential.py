@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.data.splits import by_user, chronological_order
-from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
+from thaw.models.base import Context, Recommender, Validator, register, train_epochs
 
 SCORE_CHUNK = 256  # contexts encoded in one forward pass at score time
 
@@ -129,9 +129,8 @@ class SequentialRecommender(Recommender):
         inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
         real = targets_t > 0
         lengths = real.sum(1)
-        stopper = EarlyStopping(self.patience)
-        self.history: list[dict[str, float]] = []
-        for epoch in range(1, self.epochs + 1):
+
+        def train_epoch() -> float:
             self.net.train()
             self._scorer = None
             negatives = torch.as_tensor(
@@ -154,16 +153,10 @@ class SequentialRecommender(Recommender):
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
-            record = {"epoch": epoch, "loss": float(np.mean(losses))}
-            stop = False
-            if validate is not None:
-                record["validation"] = value = float(validate(self))
-                stop = stopper.update(value, lambda: copy.deepcopy(self.net.state_dict()))
-            self.history.append(record)
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self.net.load_state_dict(stopper.best_state)
+            return float(np.mean(losses))
+
+        self.history = train_epochs(self, validate, epochs=self.epochs, patience=self.patience,
+                                    train_epoch=train_epoch, net=self.net)
         self.net.eval()
         self._scorer = None
         self.epochs_run = len(self.history)
