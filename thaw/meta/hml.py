@@ -38,6 +38,12 @@ class HML(FeatureMetaLearner):
 
     def _build(self, data: Dataset) -> None:
         super()._build(data)
+        self.cluster_sizes = np.zeros(self.n_inits, dtype=np.int64)
+
+    def _rebuild(self) -> None:
+        super()._rebuild()
+        if getattr(self, "data", None) is None:  # never fitted
+            return
         fast, _ = self.maml.split_params()
         generator = torch.Generator().manual_seed(self.seed + 1)
         self.extra = nn.ModuleList()
@@ -52,7 +58,6 @@ class HML(FeatureMetaLearner):
                     fresh.copy_(p.detach() + 0.1 * torch.randn(p.shape, generator=generator))
                 copies[name.replace(".", "__")] = nn.Parameter(fresh)
             self.extra.append(nn.ParameterDict(copies))
-        self.cluster_sizes = np.zeros(self.n_inits, dtype=np.int64)
 
     def initialisations(self) -> list[Params]:
         fast, _ = self.maml.split_params()

@@ -78,6 +78,7 @@ class FeatureMetaLearner(Recommender):
     """
 
     meta = True
+    _transient = ("space", "builder", "maml")  # re-created by _rebuild from the training data
 
     def __init__(self, *, objective: str = "rating", adapt_all: bool = False,
                  first_order: bool = False, inner_steps: int = 2, inner_lr: float = 0.05,
@@ -100,6 +101,15 @@ class FeatureMetaLearner(Recommender):
 
     def _build(self, data: Dataset) -> None:
         torch.manual_seed(self.seed)
+        self.data = data  # kept: a loaded model rebuilds its feature space from it
+        self._rebuild()
+        self.scale = data.rating_scale
+
+    def _rebuild(self) -> None:
+        """Feature space, network (initialised), task builder and engine of ``self.data``."""
+        if getattr(self, "data", None) is None:  # never fitted
+            return
+        data = self.data
         self.space = FeatureSpace(data)
         self.n_items = data.n_items
         self.net = self.network(self.space)
@@ -112,7 +122,6 @@ class FeatureMetaLearner(Recommender):
         self.maml = MAML(self.net, loss, adapt=None if self.adapt_all else is_decision_layer,
                          inner_steps=self.inner_steps, inner_lr=self.inner_lr,
                          first_order=self.first_order)
-        self.scale = data.rating_scale
         if self.objective == "rating" and len(data.interactions):
             with torch.no_grad():  # start from the mean rating, not from 0
                 self.net.out.bias.fill_(float(data.interactions.rating.mean()))

@@ -301,6 +301,7 @@ class MetaCSR(Recommender):
     """
 
     predicts_ratings = False
+    _transient = ("tasks", "maml", "_scorer")  # re-created by _rebuild from the training data
 
     def __init__(self, *, diffusion: bool = True, sequential: bool = True, meta: bool = True,
                  dim: int = 64, attention_dim: int = 16, max_len: int = 10, max_query: int = 3,
@@ -320,6 +321,14 @@ class MetaCSR(Recommender):
 
     def _build(self, data: Dataset) -> None:
         torch.manual_seed(self.seed)
+        self.data = data  # kept: a loaded model rebuilds its tasks and item graph from it
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Tasks, network (initialised) and engine of the training data ``self.data``."""
+        if getattr(self, "data", None) is None:  # never fitted
+            return
+        data = self.data
         self.tasks = SequenceTasks(data, self.max_len, self.max_query, self.n_negatives, self.seed)
         inter = data.interactions
         representer = (DiffusionRepresenter(data.n_items, data.n_users, self.dim, inter.user,

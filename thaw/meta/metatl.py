@@ -91,6 +91,7 @@ class MetaTL(Recommender):
     """MetaTL with the MAML step (``maml=True``) or without it (MetaTL--)."""
 
     predicts_ratings = False
+    _transient = ("engine", "_scorer")  # re-created by _rebuild / on first use
 
     def __init__(self, *, maml: bool = True, dim: int = 64, margin: float = 1.0,
                  inner_steps: int = 1, inner_lr: float = 0.5, first_order: bool = True,
@@ -122,10 +123,7 @@ class MetaTL(Recommender):
         inter = data.interactions.take(chronological_order(data.interactions, self.seed))
         tasks = TransitionTasks(inter, data.n_items, self.max_support, self.n_negatives,
                                 self.consecutive)
-        self.net = TransitionNet(data.n_items, self.dim)
-        self.engine = MAML(self.net, margin_loss(self.margin), adapt=lambda n: n.startswith(self.adapt),
-                           inner_steps=self.inner_steps if self.use_maml else 0,
-                           inner_lr=self.inner_lr, first_order=self.first_order)
+        self._rebuild()
         trainer = MetaTrainer(self.engine, lr=self.lr)
 
         def train_epoch() -> float:
@@ -141,6 +139,15 @@ class MetaTL(Recommender):
         self._scorer = None
         self.epochs_run = len(self.history)
         return self
+
+    def _rebuild(self) -> None:
+        """The network (initialised) and its engine, for ``n_items`` items."""
+        if getattr(self, "n_items", None) is None:  # never fitted
+            return
+        self.net = TransitionNet(self.n_items, self.dim)
+        self.engine = MAML(self.net, margin_loss(self.margin), adapt=lambda n: n.startswith(self.adapt),
+                           inner_steps=self.inner_steps if self.use_maml else 0,
+                           inner_lr=self.inner_lr, first_order=self.first_order)
 
     def _rows(self, items: np.ndarray, target: int | None, seen: np.ndarray,
               rng: np.random.Generator) -> dict[str, np.ndarray]:

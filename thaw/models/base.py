@@ -12,6 +12,7 @@ import copy
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Self
 
 import numpy as np
@@ -50,6 +51,8 @@ class Recommender:
 
     name: str = "recommender"
     predicts_ratings: bool = False
+    _transient: tuple[str, ...] = ()
+    """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         raise NotImplementedError
@@ -71,6 +74,21 @@ class Recommender:
     def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Batch version of ``predict``, same contract as ``score_many``."""
         return [self.predict(c, i) for c, i in zip(contexts, items, strict=True)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model into the folder ``path`` as JSON and safetensors (never a pickle);
+        ``thaw.load(path)`` reads it back. Raises ThawError, before writing anything, when an
+        attribute is neither data nor ``_transient``."""
+        from thaw.models.persist import save
+
+        return save(self, path)
+
+    def _rebuild(self) -> None:
+        """Re-create what is not data (torch modules, engines, feature spaces) from the restored
+        attributes; ``thaw.load`` calls it with every saved attribute back and the ``_transient``
+        ones set to None, then loads the saved weights into the modules it made. It is also
+        called on a model saved unfitted, so it must do nothing when what it needs is absent.
+        Default: nothing."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -98,6 +98,7 @@ class SequentialRecommender(Recommender):
     """
 
     predicts_ratings = False
+    _transient = ("_scorer",)  # the float64 scoring copy, made again on first use
 
     def __init__(self, *, dim: int = 64, max_len: int = 50, dropout: float = 0.2,
                  epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, l2: float = 0.0,
@@ -117,7 +118,7 @@ class SequentialRecommender(Recommender):
         self.n_items = data.n_items
         self.start_token = data.n_items + 1
         inputs, targets, owners, seen_keys, train_items = self._windows(data)
-        self.net = _SequenceNet(data.n_items + 2, self.dim, self.encoder())
+        self._rebuild()
         with torch.no_grad():  # small embeddings; untrained items (and padding) stay at zero
             self.net.items.weight.normal_(0.0, 1.0 / math.sqrt(self.dim))
             trained = np.zeros(data.n_items + 2, dtype=bool)
@@ -161,6 +162,12 @@ class SequentialRecommender(Recommender):
         self._scorer = None
         self.epochs_run = len(self.history)
         return self
+
+    def _rebuild(self) -> None:
+        """The network, freshly initialised, for ``n_items`` items."""
+        if getattr(self, "n_items", None) is None:  # never fitted
+            return
+        self.net = _SequenceNet(self.n_items + 2, self.dim, self.encoder())
 
     def _windows(self, data: Dataset) -> tuple[np.ndarray, ...]:
         """Training windows from every warm user's chronological sequence.
