@@ -90,3 +90,34 @@ def test_help_on_every_command():
     for command in ([], ["evaluate"], ["run"], ["datasets"], ["models"]):
         done = thaw(*command, "--help")
         assert done.returncode == 0 and "Usage" in done.stdout
+
+
+def test_fit_recommend_and_explain_a_stack(ratings_csv, tmp_path):
+    model_dir = tmp_path / "stack"
+    done = thaw("fit", "--dataset", str(ratings_csv), "--columns", "user=uid,item=iid,rating=stars,ts=ts",
+                "--model", "stack", "--members", "pop,content,mf", "--out", str(model_dir))
+    assert done.returncode == 0, done.stderr
+    assert "band" in done.stdout and (model_dir / "model.json").is_file()
+    explained = thaw("stack", "explain", str(model_dir))
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout.strip() in done.stdout
+    frame = pd.read_csv(ratings_csv)
+    history = ",".join(str(i) for i in frame["iid"].iloc[:3])
+    shown = thaw("recommend", str(model_dir), "--history", history, "-n", "5")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert len(lines) == 5 and lines[0].lstrip().startswith("1.")
+    named = [line.split()[1] for line in lines]
+    assert not set(named) & set(history.split(","))  # never the user's own items
+    assert set(named) <= set(frame["iid"].astype(str))  # ids as the data names them
+    for bad, message in ((["--history", "nope"], "unknown item"), (["--profile", "shoe=9"], "--profile"),
+                         (["-n", "0"], "-n")):
+        failed = thaw("recommend", str(model_dir), *bad)
+        assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr
+    missing = thaw("recommend", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    not_a_stack = tmp_path / "pop"
+    assert thaw("fit", "--dataset", str(ratings_csv), "--columns", "user=uid,item=iid,rating=stars,ts=ts",
+                "--model", "pop", "--out", str(not_a_stack)).returncode == 0
+    refused = thaw("stack", "explain", str(not_a_stack))
+    assert refused.returncode == 2 and "not a stack" in refused.stderr

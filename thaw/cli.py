@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import pandas as pd
 import typer
 
 from thaw.errors import ThawError
@@ -19,6 +21,11 @@ DEFAULT_DATASET = "ml-100k"
 # Models are small and run on one thread each, so fitting several at once uses the cores;
 # capped at 4 because more processes mostly add memory (each imports torch).
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+# The main job's new-item and both-cold runs: the models that can score an item nobody has
+# rated (through its content or features, or a popularity prior), and the stack over them.
+ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "content", "content-minilm", "mf", "bpr", "melu",
+                    "fomaml", "widedeep", "deepfm", "stack")
+ITEM_STRATA = (0, 1, 3, 5, 10)
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -28,13 +35,13 @@ def _csv_list(text: str, what: str) -> list[str]:
     return items
 
 
-def _parse_ks(text: str) -> tuple[int, ...]:
+def _parse_ks(text: str, what: str = "ks") -> tuple[int, ...]:
     try:
-        ks = tuple(int(k) for k in _csv_list(text, "ks"))
+        ks = tuple(int(k) for k in _csv_list(text, what))
     except ValueError:
-        raise ThawError(f"--ks must be comma-separated integers, got '{text}'") from None
+        raise ThawError(f"--{what} must be comma-separated integers, got '{text}'") from None
     if any(k < 0 for k in ks):
-        raise ThawError("--ks must be non-negative")
+        raise ThawError(f"--{what} must be non-negative")
     return ks
 
 
@@ -60,10 +67,11 @@ def evaluate(
     dataset: Annotated[str | None, typer.Option(help="Data set name (see `thaw datasets`) or a path to RecBole atomic files, CSV or Parquet.")] = None,
     models: Annotated[str, typer.Option(help="Comma-separated model names (see `thaw models`), or 'all'.")] = "all",
     protocol: Annotated[str, typer.Option(help="next-item (rank the K+1-th among 100 negatives) or rating (predict the query's ratings).")] = "next-item",
-    ks: Annotated[str, typer.Option(help="Support sizes K to stratify by.")] = "1,3,5,10",
+    ks: Annotated[str, typer.Option(help="Support sizes K to stratify by (0: a profile and no history).")] = "0,1,3,5,10",
     out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, per_user.csv, the plot and report.html.")] = Path("results"),
     split: Annotated[Path | None, typer.Option(help="External split folder (interactions.csv with role column, optional negatives.csv), used exactly as given.")] = None,
     split_kind: Annotated[str, typer.Option(help="new-user, new-item, both, temporal or warm (ignored with --split).")] = "new-user",
+    item_strata: Annotated[str, typer.Option(help="new-item and both: training interactions a held-out item may keep (results by item stratum N).")] = "0",
     candidates: Annotated[str, typer.Option(help="sampled (target + 100 negatives) or full (every item not in the support).")] = "sampled",
     test_frac: Annotated[float, typer.Option(help="Fraction of users (or items) held out for testing.")] = 0.2,
     val_frac: Annotated[float, typer.Option(help="Fraction held out for validation (model selection only).")] = 0.1,
@@ -82,9 +90,10 @@ def evaluate(
         the_split = read_split_folder(split, data, seed=seed)
     else:
         data = _load(dataset or DEFAULT_DATASET, columns)
-        the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed)
-    _run([protocol], _model_list(models), the_split, ks_tuple, candidates, out, seed, bootstrap,
-         progress, jobs)
+        the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed,
+                               item_strata=_parse_ks(item_strata, "item-strata"))
+    _run([protocol], [(the_split, _model_list(models))], ks_tuple, candidates, out, seed,
+         bootstrap, progress, jobs)
 
 
 @app.command()
@@ -96,13 +105,19 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
 ) -> None:
-    """thaw's main job: every model, new-user split, both protocols, K = 1, 3, 5, 10."""
+    """thaw's main job: every model and the stack over them on the new-user split (K = 0, 1, 3,
+    5, 10), then the models that can score new items on the new-item and both-cold splits
+    (item strata N = 0, 1, 3, 5, 10); both protocols throughout."""
     from thaw.data.splits import make_split
 
     data = _load(dataset, None)
-    the_split = make_split(data, "new-user", seed=seed)
-    _run(["next-item", "rating"], _model_list(models), the_split, (1, 3, 5, 10), "sampled", out,
-         seed, 1000, progress, jobs)
+    names = _model_list(models)
+    runs = [(make_split(data, "new-user", seed=seed), names)]
+    item_names = [n for n in names if n in ITEM_COLD_MODELS]
+    for kind in ("new-item", "both"):
+        if item_names:
+            runs.append((make_split(data, kind, seed=seed, item_strata=ITEM_STRATA), item_names))
+    _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs)
 
 
 def _load(dataset: str, columns: str | None):
@@ -122,27 +137,147 @@ def _model_list(text: str) -> list[str]:
     return names
 
 
-def _run(protocols: list[str], names: list[str], the_split, ks: tuple[int, ...], candidates: str,
+def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidates: str,
          out: Path, seed: int, bootstrap: int, progress: bool, jobs: int) -> None:
+    """Evaluate each (split, model names) under each protocol, print the tables, write results."""
     from thaw.eval.protocol import DegenerateResultWarning, evaluate
     from thaw.eval.report import format_tables, write_results
     from thaw.models.base import make_model
 
-    typer.echo(the_split.describe())
     results = []
-    for protocol in protocols:
-        models = {name: make_model(name) for name in names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DegenerateResultWarning)
-            result = evaluate(models, the_split, protocol=protocol, ks=ks, candidates=candidates,
-                              n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs)
-        typer.echo(format_tables(result))
-        typer.echo("\nfit seconds: " + ", ".join(
-            f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"])))
-        _echo_warnings(result.warnings)
-        results.append(result)
+    for the_split, names in runs:
+        typer.echo(the_split.describe())
+        for protocol in protocols:
+            models = {name: make_model(name) for name in names if name != "stack"}
+            if "stack" in names:
+                # The stack routes over the other models of the run and is learned from the
+                # fits they already make; random is a sanity line, not a candidate.
+                models["stack"] = make_model("stack", members=[n for n in models if n != "random"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DegenerateResultWarning)
+                result = evaluate(models, the_split, protocol=protocol, ks=ks, candidates=candidates,
+                                  n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs)
+            typer.echo(format_tables(result))
+            typer.echo("\nfit seconds: " + ", ".join(
+                f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"])))
+            _echo_warnings(result.warnings)
+            results.append(result)
     paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]])
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def fit(
+    model: Annotated[str, typer.Option(help="Model to fit (see `thaw models`); 'stack' routes over --members.")] = "stack",
+    out: Annotated[Path, typer.Option(help="Folder the fitted model is saved to (JSON + safetensors).")] = Path("models/stack"),
+    dataset: Annotated[str, typer.Option(help="Data set name or path (see `thaw datasets`).")] = DEFAULT_DATASET,
+    members: Annotated[str | None, typer.Option(help="The stack's members, comma-separated (default: a set that covers every K).")] = None,
+    protocol: Annotated[str, typer.Option(help="What to fit for: next-item (ranking) or rating.")] = "next-item",
+    val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routing).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for the validation users and the models.")] = 0,
+    columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid.")] = None,
+) -> None:
+    """Fit one model on every user but the validation users and save it for `thaw recommend`."""
+    from thaw.data.splits import make_split
+    from thaw.eval.protocol import PROTOCOLS, SplitValidator
+    from thaw.models.base import make_model
+
+    if protocol not in PROTOCOLS:
+        raise ThawError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
+    if not 0 < val_frac < 1:
+        raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
+                        "the models' settings and the stack's routes")
+    name = _model_list(model)[0]
+    data = _load(dataset, columns)
+    the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
+    typer.echo(the_split.describe())
+    kwargs = {"members": _model_list(members)} if members and name == "stack" else {}
+    the_model = make_model(name, **kwargs)
+    the_model.set_task(protocol)
+    the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
+    # The data set it was fitted on goes with it, so ids and titles resolve after loading.
+    the_model.dataset = the_split.train
+    path = the_model.save(out)
+    if name == "stack":
+        typer.echo(the_model.explain())
+    typer.echo(f"saved {name} to {path}")
+
+
+@app.command()
+def recommend(
+    model_dir: Annotated[Path, typer.Argument(help="A folder written by `thaw fit`.")],
+    history: Annotated[str, typer.Option(help="Items the user interacted with, oldest first, as the data set names them (empty: a brand-new user).")] = "",
+    ratings: Annotated[str | None, typer.Option(help="Their ratings, comma-separated (default: the data set's mean rating).")] = None,
+    profile: Annotated[str, typer.Option(help="Side features, e.g. gender=F,age=25.")] = "",
+    n: Annotated[int, typer.Option("-n", "--n", help="How many items to recommend.")] = 10,
+) -> None:
+    """Recommend items to one user from their history and profile, with titles and scores."""
+    from thaw.models.base import Context, top_n
+    from thaw.models.persist import load
+
+    if n < 1:
+        raise ThawError("-n must be at least 1")
+    model = load(model_dir)
+    data = getattr(model, "dataset", None)
+    if data is None:
+        raise ThawError(f"{model_dir} holds no data set to name items by; save it with `thaw fit`")
+    ctx = Context(user=None, history=_history(data, history, ratings), profile=_profile(data, profile))
+    items, scores = top_n(model, ctx, np.arange(data.n_items), n)
+    titles = data.item_features["title"] if "title" in data.item_features else None
+    for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
+        title = "" if titles is None else f"  {titles.iloc[item]}"
+        typer.echo(f"{rank:3d}. {data.item_ids[item]:>8s}  {score:9.4f}{title}")
+
+
+def _history(data, text: str, ratings: str | None):
+    from thaw.data.schema import Interactions
+
+    raw = [t.strip() for t in text.split(",") if t.strip()]
+    items = data.item_index(raw)
+    if ratings is None:
+        values = [float(data.interactions.rating.mean())] * len(raw)
+    else:
+        try:
+            values = [float(r) for r in _csv_list(ratings, "ratings")]
+        except ValueError:
+            raise ThawError(f"--ratings must be numbers, got '{ratings}'") from None
+        if len(values) != len(raw):
+            raise ThawError(f"--ratings has {len(values)} values for {len(raw)} --history items")
+    return Interactions.of(items, values)
+
+
+def _profile(data, text: str) -> dict:
+    known = list(data.user_features.columns)
+    out = {}
+    for part in [t.strip() for t in text.split(",") if t.strip()]:
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in known:
+            raise ThawError(f"--profile takes field=value pairs with fields among {', '.join(known) or '(none)'}, "
+                            f"got '{part}'")
+        value = value.strip()
+        column = data.user_features[key.strip()]
+        if pd.api.types.is_numeric_dtype(column):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ThawError(f"--profile: {key.strip()} is a number in this data set, got '{value}'") from None
+        out[key.strip()] = value
+    return out
+
+
+stack_app = typer.Typer(help="Inspect a fitted stack.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("explain")
+def stack_explain(model_dir: Annotated[Path, typer.Argument(help="A folder written by `thaw fit --model stack`.")]) -> None:
+    """Print the routing table a stack learned: band, choice, weights, validation metrics."""
+    from thaw.models.persist import load
+
+    model = load(model_dir)
+    if not hasattr(model, "explain"):
+        raise ThawError(f"{model_dir} holds a '{model.name}' model, not a stack")
+    typer.echo(model.explain())
 
 
 def _register_bandit_commands() -> None:

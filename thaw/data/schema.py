@@ -118,6 +118,17 @@ class Dataset:
         return Dataset(name or self.name, interactions, self.user_ids, self.item_ids,
                        self.user_features, self.item_features, self.rating_scale, self.source)
 
+    def item_index(self, raw: Sequence[Any]) -> np.ndarray:
+        """Internal ids of items named as the data set names them; unknown names are an error."""
+        index = pd.Index(self.item_ids.astype(str))
+        names = [str(r) for r in raw]
+        found = index.get_indexer(names) if len(names) else np.empty(0, dtype=np.int64)
+        unknown = [n for n, i in zip(names, found, strict=True) if i < 0]
+        if unknown:
+            raise DataError(f"unknown item(s) {', '.join(unknown[:5])}; items are named as in "
+                            f"'{self.name}' (e.g. {', '.join(map(str, self.item_ids[:3]))})")
+        return found.astype(np.int64)
+
     def profile(self, user: int) -> dict[str, Any]:
         """Side features of one user as a plain dict (empty when there are none)."""
         if len(self.user_features.columns) == 0:

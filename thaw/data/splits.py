@@ -34,6 +34,8 @@ class Split:
     users_known: bool = False
     """True when evaluation users are warm (new-item split): contexts then carry their id."""
     seed: int = 0
+    item_strata: tuple[int, ...] = (0,)
+    """Training interactions a held-out item may have (see ``make_split``)."""
 
     def sequences(self, part: str) -> dict[int, Interactions]:
         if part not in ("val", "test"):
@@ -53,12 +55,21 @@ def chronological_order(inter: Interactions, seed: int) -> np.ndarray:
 
 
 def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
-               val_frac: float = 0.1, seed: int = 0, n_negatives: int = 100) -> Split:
-    """Split a data set for cold-start evaluation; ``kind`` is one of SPLIT_KINDS."""
+               val_frac: float = 0.1, seed: int = 0, n_negatives: int = 100,
+               item_strata: tuple[int, ...] = (0,)) -> Split:
+    """Split a data set for cold-start evaluation; ``kind`` is one of SPLIT_KINDS.
+
+    ``item_strata`` (new-item and both): each held-out item draws one of these counts, and
+    that many of its first interactions by training users go into training, as if the item
+    had just arrived and been seen that often; results can then be read per item stratum
+    the way they are read per user-side K. The default (0,) holds every item out entirely.
+    """
     if kind not in SPLIT_KINDS:
         raise ThawError(f"unknown split kind '{kind}'; choose one of {', '.join(SPLIT_KINDS)}")
-    if not (0 < test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
+    if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
         raise ThawError("test_frac and val_frac must be fractions whose sum is below 1")
+    if test_frac == 0 and kind != "new-user":
+        raise ThawError("only a new-user split can hold out no test users (as `thaw fit` does)")
     inter = data.interactions.take(chronological_order(data.interactions, seed))
     rng = np.random.default_rng(seed)
     all_items = np.arange(data.n_items)
@@ -77,14 +88,15 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
         _assign(held_items, rng.permutation(np.unique(inter.item)), test_frac, val_frac)
 
     u_role, i_role = held_users[inter.user], held_items[inter.item]
-    train_mask = (u_role == 0) & (i_role == 0)
+    item_support = _item_support(inter, u_role, held_items, item_strata, seed)
+    train_mask = ((u_role == 0) & (i_role == 0)) | item_support
     parts: dict[int, dict[int, Interactions]] = {1: {}, 2: {}}
     if kind == "new-user":
         for role in (1, 2):
             parts[role] = by_user(inter.take(u_role == role))
     elif kind == "new-item":
         for role in (1, 2):
-            parts[role] = by_user(inter.take(i_role == role))
+            parts[role] = by_user(inter.take((i_role == role) & ~item_support))
     else:  # both: held users on held items; their other interactions are dropped, never trained on
         for role in (1, 2):
             parts[role] = by_user(inter.take((u_role == role) & (i_role == role)))
@@ -95,11 +107,41 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
         negatives |= _sample_negatives(list(parts[role]), pool, inter, rng, n_negatives)
     train = data.with_interactions(inter.take(train_mask), name=f"{data.name}:train")
     return Split(kind, train, parts[1], parts[2], negatives,
-                 np.flatnonzero(held_items > 0), users_known=(kind == "new-item"), seed=seed)
+                 np.flatnonzero(held_items > 0), users_known=(kind == "new-item"), seed=seed,
+                 item_strata=tuple(sorted(set(item_strata) | {0})))
+
+
+def _item_support(inter: Interactions, u_role: np.ndarray, held_items: np.ndarray,
+                  strata: tuple[int, ...], seed: int) -> np.ndarray:
+    """Rows that go into training as held-out items' first interactions (by training users
+    only, so no evaluation user's data is trained on): each held item draws its count from
+    ``strata`` with its own seeded generator, so the rest of the split is the same."""
+    rows = np.zeros(len(inter), dtype=bool)
+    if not any(strata):
+        return rows
+    held = np.flatnonzero(held_items > 0)
+    wanted = np.zeros(len(held_items), dtype=np.int64)
+    wanted[held] = np.random.default_rng([seed, 7]).choice(np.asarray(strata, dtype=np.int64), len(held))
+    eligible = np.flatnonzero((held_items[inter.item] > 0) & (u_role == 0))
+    # Chronological per item; rows are already in (user, ts, seeded tie) order, so a stable
+    # sort on (item, ts) keeps ties in that seeded order.
+    eligible = eligible[np.lexsort((inter.ts[eligible], inter.item[eligible]))]
+    items = inter.item[eligible]
+    starts = np.searchsorted(items, items, side="left")
+    rank = np.arange(len(eligible)) - starts
+    rows[eligible[rank < wanted[items]]] = True
+    return rows
+
+
+def item_stratum(counts: np.ndarray, strata: tuple[int, ...]) -> np.ndarray:
+    """The largest stratum at most each count (items with 2 training interactions are read
+    in stratum 1 of 0, 1, 3, 5, 10)."""
+    strata_arr = np.sort(np.asarray(strata, dtype=np.int64))
+    return strata_arr[np.searchsorted(strata_arr, counts, side="right") - 1]
 
 
 def _assign(roles: np.ndarray, ids: np.ndarray, test_frac: float, val_frac: float) -> None:
-    n_test = max(1, int(round(len(ids) * test_frac)))
+    n_test = max(1, int(round(len(ids) * test_frac))) if test_frac > 0 else 0
     n_val = int(round(len(ids) * val_frac))
     roles[ids[:n_test]] = 2
     roles[ids[n_test:n_test + n_val]] = 1

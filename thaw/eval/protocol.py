@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
-from thaw.data.splits import Split
+from thaw.data.splits import Split, item_stratum
 from thaw.errors import ThawError
 from thaw.eval.metrics import (bootstrap_interval, graded_ndcg, rating_errors, ranking_metrics,
                                target_rank)
@@ -35,7 +35,7 @@ METRICS = {
     "rating": ("mae", "rmse", "ndcg@3", "ndcg@10"),
 }
 LOWER_IS_BETTER = frozenset({"mae", "rmse"})
-DEFAULT_KS = (1, 3, 5, 10)
+DEFAULT_KS = (0, 1, 3, 5, 10)
 
 
 class DegenerateResultWarning(UserWarning):
@@ -88,19 +88,36 @@ def _check_protocol(protocol: str, candidates: str) -> None:
         raise ThawError("candidates must be 'sampled' (target + 100 negatives) or 'full'")
 
 
+def model_outputs(model: Recommender, eps: Sequence[Episode], protocol: str) -> list[np.ndarray]:
+    """What the protocol reads from a model for each episode: predicted ratings under the
+    rating protocol (where the model predicts them), scores otherwise."""
+    if not eps:
+        return []
+    rates = protocol == "rating" and model.predicts_ratings
+    call = model.predict_many if rates else model.score_many
+    outputs = call([e.context for e in eps], [e.candidates for e in eps])
+    return [np.asarray(o, dtype=np.float64) for o in outputs]
+
+
 def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str,
                    cutoffs: Sequence[int] = (1, 10)) -> tuple[list[dict[str, float]], dict[str, int]]:
     """Per-episode metrics (next-item: Hit@N and NDCG@N at each cutoff N, MRR, AUC), plus
     counts of suspicious score vectors (constant, NaN)."""
+    outputs = model_outputs(model, eps, protocol)
+    return episode_metrics(model.name, eps, outputs, protocol,
+                           protocol == "rating" and model.predicts_ratings, cutoffs)
+
+
+def episode_metrics(name: str, eps: Sequence[Episode], outputs: Sequence[np.ndarray], protocol: str,
+                    rates: bool, cutoffs: Sequence[int] = (1, 10)
+                    ) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """The metrics of outputs already computed (``rates``: they are predicted ratings)."""
     flags = {"constant": 0, "nan": 0}
     rows: list[dict[str, float]] = []
-    rates = protocol == "rating" and model.predicts_ratings
-    call = model.predict_many if rates else model.score_many
-    outputs = call([e.context for e in eps], [e.candidates for e in eps])
     for ep, s in zip(eps, outputs, strict=True):
         s = np.asarray(s, dtype=np.float64)
         if s.shape != ep.candidates.shape:
-            raise ThawError(f"model '{model.name}' returned {s.shape[0] if s.ndim else 0} values "
+            raise ThawError(f"model '{name}' returned {s.shape[0] if s.ndim else 0} values "
                             f"for {len(ep.candidates)} items")
         flags["nan"] += int(np.isnan(s).any())
         flags["constant"] += int(len(s) > 1 and np.all(s == s[0]))
@@ -118,8 +135,13 @@ class SplitValidator:
     """Scores a model on validation users only: mean NDCG@10 (next-item) or -RMSE (rating)."""
 
     def __init__(self, split: Split, protocol: str, ks: Sequence[int] = DEFAULT_KS) -> None:
-        self.protocol = protocol
+        self.split, self.protocol = split, protocol
         self.episodes = [e for k in ks for e in episodes(split, "val", k, protocol, max_k=max(ks))]
+
+    def episodes_at(self, ks: Sequence[int]) -> list[Episode]:
+        """Validation episodes at each K, from every validation user with more than K
+        interactions (what the stack learns its routing table from)."""
+        return [e for k in ks for e in episodes(self.split, "val", k, self.protocol, max_k=k)]
 
     def __call__(self, model: Recommender) -> float:
         if not self.episodes:
@@ -140,6 +162,9 @@ class EvalResult:
     timings: pd.DataFrame        # model, fit_seconds, score_seconds
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    item_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """New-item splits, next-item protocol: like ``table`` with the target item's stratum
+    (its training interactions, see ``make_split``) in column N instead of K, over every K."""
 
 
 def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, split: Split, *,
@@ -165,11 +190,19 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
                 for k in ks}
     if not test_eps[ks[0]]:
         raise ThawError(f"no test user has more than {max(ks)} interactions; lower the largest K")
-    bar = tqdm(total=len(models), desc=f"evaluate ({protocol})", disable=not progress, leave=False)
-    job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs))
+    # A stack whose members are all in this evaluation is learned from their outputs here,
+    # so no member is fitted twice.
+    stacks = {name: m for name, m in models.items() if fit and getattr(m, "learns_from_outputs", False)
+              and all(member in models for member in m.members)}
+    val_ks = sorted({k for st in stacks.values() for k in st.validation_ks})
+    stack_val_eps = SplitValidator(split, protocol).episodes_at(val_ks) if stacks else []
+    collect = frozenset(member for st in stacks.values() for member in st.members)
+    fitted = {name: m for name, m in models.items() if name not in stacks}
+    bar = tqdm(total=len(fitted), desc=f"evaluate ({protocol})", disable=not progress, leave=False)
+    job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs), collect, stack_val_eps)
     outcomes: dict[str, tuple] = {}
-    if jobs == 1 or len(models) == 1:
-        for name, model in models.items():
+    if jobs == 1 or len(fitted) == 1:
+        for name, model in fitted.items():
             bar.set_postfix_str(name)
             outcomes[name] = job(name, model)
             bar.update(1)
@@ -178,15 +211,19 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         # can deadlock.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(job, name, model): name for name, model in models.items()}
+            futures = {pool.submit(job, name, model): name for name, model in fitted.items()}
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()
                 bar.set_postfix_str(futures[future])
                 bar.update(1)
     bar.close()
+    stack_meta = {}
+    for name, st in stacks.items():
+        outcomes[name], stack_meta[name] = _stack_from_outputs(name, st, split, protocol, ks, test_eps,
+                                                              stack_val_eps, outcomes, tuple(cutoffs))
     per_user_rows, timing_rows, notes = [], [], []
     for name in models:  # the caller's order, whatever order the workers finished in
-        rows, timing, model_notes = outcomes[name]
+        rows, timing, model_notes, _ = outcomes[name]
         per_user_rows += rows
         timing_rows.append(timing)
         notes += model_notes
@@ -195,12 +232,34 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     notes += degenerate_results(per_user)
     for note in notes:
         warnings.warn(note, DegenerateResultWarning, stacklevel=2)
-    meta = {"protocol": protocol, "ks": list(ks), "candidates": candidates, "seed": seed,
+    meta = {"protocol": protocol, "split_kind": split.kind, "ks": list(ks), "candidates": candidates, "seed": seed,
             "split": split.describe(), "test_users": len(test_eps[ks[0]]),
             "n_negatives": int(np.median([len(v) for v in split.negatives.values()]))
             if split.negatives else 0}
+    if stack_meta:
+        meta["stacks"] = stack_meta
     return EvalResult(table, per_user, compare(per_user), pd.DataFrame(
-        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), notes, meta)
+        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), notes, meta,
+        item_strata_table(per_user, split, test_eps, protocol, n_bootstrap, seed))
+
+
+def item_strata_table(per_user: pd.DataFrame, split: Split, test_eps: Mapping[int, Sequence[Episode]],
+                      protocol: str, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """The item-side cold-to-warm curve (new-item and both splits, next-item protocol): every
+    episode, at every K, grouped by its target item's training interactions read in the
+    split's item strata; column N replaces K and ``users`` counts episodes."""
+    columns = ["model", "N", "metric", "value", "low", "high", "users"]
+    if split.kind not in ("new-item", "both") or protocol != "next-item":
+        return pd.DataFrame(columns=columns)
+    counts = np.bincount(split.train.interactions.item, minlength=split.train.n_items)
+    keys = [(k, e.user) for k, eps in test_eps.items() for e in eps]
+    targets = np.array([e.candidates[0] for eps in test_eps.values() for e in eps], dtype=np.int64)
+    strata = pd.Series(item_stratum(counts[targets], split.item_strata),
+                       index=pd.MultiIndex.from_tuples(keys, names=["K", "user"]), name="N")
+    rows = per_user.join(strata, on=["K", "user"])
+    rows["user"] = list(zip(rows["K"], rows["user"], strict=True))  # one episode, one draw
+    rows["K"] = rows.pop("N")
+    return summarise(rows, n_bootstrap=n_bootstrap, seed=seed).rename(columns={"K": "N"})[columns]
 
 
 @dataclass(frozen=True)
@@ -216,8 +275,11 @@ class _ModelJob:
     test_eps: dict[int, list[Episode]]
     fit: bool
     cutoffs: tuple[int, ...]
+    collect: frozenset[str] = frozenset()
+    """Models whose raw outputs and confidences a stack will be learned from."""
+    stack_val_eps: list[Episode] = field(default_factory=list)
 
-    def __call__(self, name: str, model: Recommender) -> tuple[list[tuple], tuple, list[str]]:
+    def __call__(self, name: str, model: Recommender) -> tuple[list[tuple], tuple, list[str], dict]:
         start = time.perf_counter()
         if self.fit:
             model.set_task(self.protocol)
@@ -226,8 +288,15 @@ class _ModelJob:
         start = time.perf_counter()
         flags = {"constant": 0, "nan": 0, "episodes": 0}
         rows_out: list[tuple] = []
+        rates = self.protocol == "rating" and model.predicts_ratings
+        collected: dict[str, Any] = {"test": {}, "test_confidence": {}}
         for k in self.ks:
-            rows, f = score_episodes(model, self.test_eps[k], self.protocol, self.cutoffs)
+            outputs = model_outputs(model, self.test_eps[k], self.protocol)
+            rows, f = episode_metrics(name, self.test_eps[k], outputs, self.protocol, rates,
+                                      self.cutoffs)
+            if name in self.collect:
+                collected["test"][k] = outputs
+                collected["test_confidence"][k] = _confidences(model, self.test_eps[k], outputs)
             flags["constant"] += f["constant"]
             flags["nan"] += f["nan"]
             flags["episodes"] += len(rows)
@@ -240,7 +309,47 @@ class _ModelJob:
         if flags["nan"]:
             notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
                          "episodes (NaN counts against it)")
-        return rows_out, (name, fit_seconds, time.perf_counter() - start), notes
+        if name in self.collect:
+            collected["val"] = model_outputs(model, self.stack_val_eps, self.protocol)
+            collected["val_confidence"] = _confidences(model, self.stack_val_eps, collected["val"])
+        return rows_out, (name, fit_seconds, time.perf_counter() - start), notes, collected
+
+
+def _confidences(model: Recommender, eps: Sequence[Episode], outputs: Sequence[np.ndarray]) -> np.ndarray:
+    return np.array([model.confidence(e.context, o) for e, o in zip(eps, outputs, strict=True)],
+                    dtype=np.float64)
+
+
+def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: tuple[int, ...],
+                        test_eps: dict[int, list[Episode]], val_eps: list[Episode],
+                        outcomes: Mapping[str, tuple], cutoffs: tuple[int, ...]) -> tuple[tuple, dict]:
+    """Learn a stack from its members' validation outputs and score it from their test outputs
+    (the same ``combine`` its own ``score`` runs, so the numbers are those of a fitted stack)."""
+    start = time.perf_counter()
+    stack.set_task(protocol)
+    keep = [i for i, e in enumerate(val_eps) if e.k in set(stack.validation_ks)]
+    collected = {m: outcomes[m][3] for m in stack.members}
+    stack.learn(split.train, [val_eps[i] for i in keep],
+                {m: [c["val"][i] for i in keep] for m, c in collected.items()},
+                {m: c["val_confidence"][keep] for m, c in collected.items()})
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    rates = protocol == "rating" and stack.predicts_ratings
+    rows_out, trips, notes = [], {}, []
+    for k in ks:
+        answers, tripped = stack.combine_outputs(
+            protocol, test_eps[k], {m: c["test"][k] for m, c in collected.items()},
+            {m: c["test_confidence"][k] for m, c in collected.items()})
+        rows, flags = episode_metrics(name, test_eps[k], answers, protocol, rates, cutoffs)
+        trips[k] = float(np.mean(tripped)) if tripped else 0.0
+        for ep, row in zip(test_eps[k], rows, strict=True):
+            rows_out += [(name, k, ep.user, m, v) for m, v in row.items()]
+        if flags["constant"]:
+            notes.append(f"{name}: scored every candidate the same for {flags['constant']} "
+                         f"episodes at K={k} (ties count against it)")
+    meta = {"members": list(stack.members), "table": stack.tables[protocol], "item_weights": stack.item_weights[protocol],
+            "item_bands": stack.item_bands, "trip_share": trips, "explain": stack.explain()}
+    return (rows_out, (name, fit_seconds, time.perf_counter() - start), notes, {}), meta
 
 
 def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender) -> dict[str, Recommender]:

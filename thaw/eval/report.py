@@ -26,6 +26,7 @@ from thaw import __version__  # noqa: E402
 from thaw.eval.protocol import LOWER_IS_BETTER, METRICS, EvalResult  # noqa: E402
 
 BASELINES = ("random", "pop")
+HEADLINE = {"next-item": "ndcg@10", "rating": "mae"}
 
 
 def provenance(seed: int, command: Sequence[str] | None = None) -> dict[str, Any]:
@@ -63,11 +64,35 @@ def format_tables(result: EvalResult) -> str:
         lines.append(f"\n{metric} ({arrow}) by K")
         text = wide.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
         lines.append("  " + text.replace("\n", "\n  "))
+    if len(result.item_table):
+        for metric in ("hit@10", "ndcg@10"):
+            wide = result.item_table[result.item_table["metric"] == metric].pivot(
+                index="model", columns="N", values="value")
+            wide = wide.loc[[m for m in dict.fromkeys(result.item_table["model"]) if m in wide.index]]
+            lines.append(f"\n{metric} by the target item's training interactions N "
+                         "(every K's episodes)")
+            lines.append("  " + wide.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
+                         .replace("\n", "\n  "))
+    lines += [f"\n{stack_summary(result, name)}" for name in result.meta.get("stacks", {})]
     missing = [b for b in BASELINES if b not in set(result.table["model"])]
     if missing:
         lines.append(f"\n(note: baselines {', '.join(missing)} were not run; a number without "
                      "them means little)")
     return "\n".join(lines)
+
+
+def stack_summary(result: EvalResult, name: str) -> str:
+    """A stack's learned routing table, the share of test requests that tripped its circuit
+    breaker at each K, and how it compares with its best member and the per-user oracle."""
+    from thaw.stack.headroom import format_headroom, headroom
+
+    info = result.meta["stacks"][name]
+    trips = ", ".join(f"K={k}: {share:.1%}" for k, share in info["trip_share"].items())
+    metric = HEADLINE[result.meta["protocol"]]
+    table = headroom(result.per_user, name, info["members"], metric)
+    return (f"{name}: routing learned on validation users\n{info['explain']}\n  breaker tripped: "
+            f"{trips}\n\n{name} against its best member (chosen on the test users) and the "
+            f"per-user oracle, {metric}:\n" + format_headroom(table))
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
@@ -86,32 +111,45 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
 
 
 def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
-    """One panel per metric: value against K with the bootstrap 95% band, one line per model."""
-    panels = [(r, m) for r in results for m in METRICS[r.meta["protocol"]]
-              if m in set(r.table["metric"])]
+    """One panel per metric: value against K with the bootstrap 95% band, one line per model.
+    Splits after the first get their headline metric only, plus the item-side curve (against
+    the target item's training interactions N) where there is one."""
+    panels = []
+    for i, r in enumerate(results):
+        metrics = METRICS[r.meta["protocol"]] if i < 2 else (HEADLINE[r.meta["protocol"]],)
+        panels += [(r, m, "K") for m in metrics if m in set(r.table["metric"])]
+        if len(r.item_table):
+            panels.append((r, "ndcg@10", "N"))
     cols = min(4, max(1, len(panels)))
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     names = list(dict.fromkeys(m for r in results for m in r.table["model"]))
     palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
-    for ax, (result, metric) in zip(axes.flat, panels):
-        table = result.table[result.table["metric"] == metric]
+    stacks = {n for r in results for n in r.meta.get("stacks", {})}
+    colour |= {n: "black" for n in stacks}
+    for ax, (result, metric, axis) in zip(axes.flat, panels):
+        source = result.table if axis == "K" else result.item_table.rename(columns={"N": "K"})
+        table = source[source["metric"] == metric]
         for model, group in table.groupby("model", sort=False):
             group = group.sort_values("K")
             style = "--" if model in BASELINES else "-"
-            ax.plot(group["K"], group["value"], style, marker="o", ms=3, label=model,
-                    color=colour[model])
+            envelope = model in stacks  # the stack is drawn on top of its members
+            ax.plot(group["K"], group["value"], style, marker="o", ms=4 if envelope else 3,
+                    label=model, color="black" if envelope else colour[model],
+                    lw=2.6 if envelope else 1.2, zorder=5 if envelope else 2)
             ax.fill_between(group["K"], group["low"], group["high"], alpha=0.15,
                             color=colour[model])
-        ax.set_title(f"{result.meta['protocol']}: {metric}", fontsize=10)
-        ax.set_xlabel("K (support interactions)")
+        ax.set_title(f"{result.meta.get('split_kind', '')} {result.meta['protocol']}: {metric}",
+                     fontsize=10)
+        ax.set_xlabel("K (support interactions)" if axis == "K" else
+                      "N (the target item's training interactions)")
         ax.set_xticks(sorted(table["K"].unique()))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=colour[n], ls="--" if n in BASELINES else "-", marker="o",
-                          ms=3) for n in names]
+                          ms=3, lw=2.6 if n in stacks else 1.2) for n in names]
     fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), frameon=False)
     fig.suptitle("Cold-to-warm curve: held-out users, metric by number of support interactions")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
@@ -129,11 +167,14 @@ def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
     prov = provenance(seed, command)
 
     def tagged(frame_of: str) -> pd.DataFrame:
-        frames = [getattr(r, frame_of).assign(protocol=r.meta["protocol"]) for r in results]
+        frames = [getattr(r, frame_of).assign(split=r.meta.get("split_kind", ""),
+                                              protocol=r.meta["protocol"]) for r in results]
+        frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     table = tagged("table")
-    table = table[["protocol", "model", "K", "metric", "value", "low", "high", "users"]]
+    table = table[["split", "protocol", "model", "K", "metric", "value", "low", "high", "users"]]
+    by_item = tagged("item_table")
     paths = {
         "results.csv": out / "results.csv", "per_user.csv": out / "per_user.csv",
         "comparisons.csv": out / "comparisons.csv", "results.json": out / "results.json",
@@ -142,6 +183,9 @@ def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
     table.to_csv(paths["results.csv"], index=False, float_format="%.6g")
     tagged("per_user").to_csv(paths["per_user.csv"], index=False, float_format="%.6g")
     tagged("comparisons").to_csv(paths["comparisons.csv"], index=False, float_format="%.6g")
+    if len(by_item):
+        paths["results_by_item.csv"] = out / "results_by_item.csv"
+        by_item.to_csv(paths["results_by_item.csv"], index=False, float_format="%.6g")
     payload = {
         "provenance": prov,
         "runs": [{"meta": r.meta, "warnings": r.warnings,
@@ -169,7 +213,8 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
              "(paired Wilcoxon signed-rank over the same users, p &lt; 0.05). Random and pop "
              "(grey) are sanity baselines.</p>"]
     for result in results:
-        parts.append(f"<h2>{html.escape(result.meta['protocol'])}</h2><p>"
+        parts.append(f"<h2>{html.escape(result.meta.get('split_kind', ''))} split, "
+                     f"{html.escape(result.meta['protocol'])}</h2><p>"
                      f"{html.escape(result.meta.get('split', ''))}; "
                      f"{result.meta.get('test_users')} test users; candidates: "
                      f"{html.escape(str(result.meta.get('candidates')))}</p>")
@@ -179,6 +224,14 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
             if metric not in set(result.table["metric"]):
                 continue
             parts.append(_metric_table(result, metric))
+        if len(result.item_table):
+            parts.append("<h3>By the target item's training interactions N (every K's "
+                         "episodes)</h3>" + result.item_table.pivot_table(
+                             index="model", columns=["metric", "N"], values="value", sort=False
+                         ).to_html(float_format="%.4f"))
+        for name in result.meta.get("stacks", {}):
+            parts.append(f"<h3>{html.escape(name)}: learned routing table</h3><pre>"
+                         f"{html.escape(stack_summary(result, name))}</pre>")
         parts.append("<h3>Time</h3>" + result.timings.to_html(index=False, float_format="%.2f"))
     parts.append(f"<h2>Cold-to-warm curve</h2><img style='max-width:100%' "
                  f"src='data:image/png;base64,{image}'>")

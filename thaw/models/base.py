@@ -63,6 +63,15 @@ class Recommender:
     def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         raise ThawError(f"model '{self.name}' ranks items but does not predict ratings")
 
+    def confidence(self, ctx: Context, scores: np.ndarray) -> float:
+        """How sure the model is about one request, higher = surer; only compared with the same
+        model's confidence on other requests (the stack's circuit breaker calibrates a threshold
+        per model). Default: the spread of its scores; a model that scores every item alike
+        knows nothing about this user."""
+        scores = np.asarray(scores, dtype=np.float64)
+        finite = scores[np.isfinite(scores)]
+        return float(finite.std()) if len(finite) > 1 and len(finite) == len(scores) else 0.0
+
     def set_task(self, protocol: str) -> None:
         """Called before fit with the protocol ("next-item" or "rating"); models whose training
         objective depends on it (ranking vs rating regression) switch here. Default: nothing."""
@@ -141,7 +150,7 @@ _FACTORIES: dict[str, Callable[..., Recommender]] = {}
 # Modules that register models when imported; later issues append theirs here.
 _MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
             "thaw.models.widedeep", "thaw.models.sequential", "thaw.meta.metatl",
-            "thaw.meta.metacsr")
+            "thaw.meta.metacsr", "thaw.stack.router")
 
 
 def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:
@@ -174,3 +183,13 @@ def make_model(name: str, **kwargs: Any) -> Recommender:
     model = _FACTORIES[name](**kwargs)
     model.name = name
     return model
+
+
+def top_n(model: Recommender, ctx: Context, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best of ``items`` for this user (items already in their history left out),
+    best first, with their scores; fewer only when fewer items remain."""
+    items = np.setdiff1d(np.asarray(items, dtype=np.int64), ctx.history.item)
+    scores = np.asarray(model.score(ctx, items), dtype=np.float64)
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    order = np.lexsort((items, -scores))[:max(n, 0)]
+    return items[order], scores[order]

@@ -145,6 +145,9 @@ class MatrixFactorization(Recommender):
         self.user_factors, self.item_factors = _implicit_als(
             matrix, self.dim, self.implicit_reg, self.alpha, self.iterations, rng)
         self.gram = self.item_factors.T @ self.item_factors
+        # With no history a fold-in is the zero vector and ranks nothing: start from the
+        # average training user instead (close to popularity, in the factors' own terms).
+        self.mean_user = self.user_factors[np.unique(inter.user)].mean(axis=0)
         self.explicit = _explicit_als(inter.user, inter.item, inter.rating.astype(np.float64),
                                       data.n_users, data.n_items, self.dim, reg, self.iterations, rng)
         self.known_users = np.zeros(data.n_users, dtype=bool)
@@ -154,11 +157,22 @@ class MatrixFactorization(Recommender):
     def _user_vector(self, ctx: Context) -> np.ndarray:
         if ctx.user is not None and self.known_users[ctx.user]:
             return self.user_factors[ctx.user]
+        if len(ctx.history) == 0:
+            return self.mean_user
         return implicit_fold_in(self.item_factors, self.gram, ctx.history.item, self.alpha,
                                 self.implicit_reg)
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self.item_factors[items] @ self._user_vector(ctx)
+
+    def confidence(self, ctx: Context, scores: np.ndarray) -> float:
+        """The fold-in's fit to the support: minus the mean squared gap between the preference
+        of 1 on each support item and the folded-in user's score for it. A user whose few items
+        the factors cannot place together gets a low value; no support, no confidence."""
+        if len(ctx.history) == 0:
+            return 0.0 if ctx.user is None or not self.known_users[ctx.user] else 1.0
+        fitted = self.item_factors[ctx.history.item] @ self._user_vector(ctx)
+        return float(-np.mean((1.0 - fitted) ** 2))
 
     def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         e = self.explicit

@@ -1,0 +1,81 @@
+"""The cold-to-warm stack on MovieLens-100k: every member, the stack and the per-user oracle at
+each K, under both protocols; then new items by item stratum N with TF-IDF and MiniLM content.
+
+    .venv/bin/python benchmarks/stack.py [--part users|items|all] [--seed 0] [--jobs 2]
+
+users: the new-user split of `thaw run` (K = 0, 1, 3, 5, 10), every registered model, and the
+stack over all of them but random, learned from their fits on validation users.
+items: the new-item and both-cold splits with item strata N = 0, 1, 3, 5, 10, the models that
+can score an unseen item, and two stacks over them: one whose item-side member is TF-IDF
+content, one whose is MiniLM content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import warnings
+
+from thaw.data.loaders import load_dataset
+from thaw.data.splits import make_split
+from thaw.eval.protocol import DegenerateResultWarning, evaluate
+from thaw.eval.report import HEADLINE, format_tables
+from thaw.models.base import make_model, model_names
+from thaw.stack import Stack
+from thaw.stack.headroom import format_headroom, headroom
+
+ITEM_MODELS = ("random", "pop", "segment-pop", "content", "content-minilm", "mf", "fomaml", "deepfm")
+
+
+def run(split, models: dict, protocol: str, seed: int, jobs: int) -> None:
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegenerateResultWarning)
+        result = evaluate(models, split, protocol=protocol, ks=(0, 1, 3, 5, 10), seed=seed,
+                          jobs=jobs)
+    print(format_tables(result))
+    for name in result.meta.get("stacks", {}):
+        members = result.meta["stacks"][name]["members"]
+        for metric in dict.fromkeys((HEADLINE[protocol], "hit@10" if protocol == "next-item" else "rmse")):
+            print(f"\n{name} against its best member and the oracle, {metric}:")
+            print(format_headroom(headroom(result.per_user, name, members, metric)))
+    for w in caught:
+        print(f"warning: {w.message}")
+    print(f"\n({split.kind}, {protocol}: {time.perf_counter() - start:.0f} s)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("users", "items", "all"), default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    data = load_dataset("ml-100k")
+    print(f"{data.summary()}; machine: {platform.machine()} {platform.processor() or ''}, "
+          f"python {platform.python_version()}")
+    if args.part in ("users", "all"):
+        split = make_split(data, "new-user", seed=args.seed)
+        print(split.describe())
+        for protocol in ("next-item", "rating"):
+            names = [n for n in model_names() if n != "stack"]
+            models = {n: make_model(n) for n in names}
+            models["stack"] = Stack(members=[n for n in names if n != "random"])
+            run(split, models, protocol, args.seed, args.jobs)
+    if args.part in ("items", "all"):
+        for kind in ("new-item", "both"):
+            split = make_split(data, kind, seed=args.seed, item_strata=(0, 1, 3, 5, 10))
+            print(split.describe())
+            for protocol in ("next-item", "rating"):
+                models = {n: make_model(n) for n in ITEM_MODELS}
+                shared = [n for n in ITEM_MODELS if n not in ("random", "content", "content-minilm")]
+                for name, content in (("stack-tfidf", "content"), ("stack-minilm", "content-minilm")):
+                    models[name] = Stack(members=[*shared, content], content=content)
+                    models[name].name = name
+                run(split, models, protocol, args.seed, args.jobs)
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""How good is the router? The stack against its best member and against an oracle.
+
+At each K the best single member is picked after the fact, on the test users themselves: a
+bar the stack (which chose on validation users) can only meet by routing well. The oracle
+picks the best member for every test user separately, the ceiling any router over these
+members could reach. The share of that headroom the stack captures is (stack - best) /
+(oracle - best).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from thaw.eval.protocol import LOWER_IS_BETTER
+
+
+def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,
+             alpha: float = 0.05) -> pd.DataFrame:
+    """One row per K: best member, its value, the stack's, the oracle's, the paired test of
+    stack against best member (Wilcoxon signed-rank, two-sided), and the headroom captured."""
+    lower = metric in LOWER_IS_BETTER
+    rows = []
+    values = per_user[per_user["metric"] == metric]
+    for k, group in values.groupby("K", sort=True):
+        wide = group.pivot_table(index="user", columns="model", values="value")
+        present = [m for m in members if m in wide.columns and m != stack]
+        if stack not in wide.columns or not present:
+            continue
+        wide = wide[[stack, *present]].dropna()
+        means = wide[present].mean()
+        best = means.idxmin() if lower else means.idxmax()
+        oracle = (wide[present].min(axis=1) if lower else wide[present].max(axis=1)).mean()
+        diff = wide[stack] - wide[best]
+        p = 1.0 if np.allclose(diff, 0) else float(
+            stats.wilcoxon(wide[stack], wide[best], zero_method="zsplit").pvalue)
+        gap = oracle - means[best]
+        captured = float((wide[stack].mean() - means[best]) / gap) if abs(gap) > 1e-12 else float("nan")
+        worse = (diff.mean() > 0) if lower else (diff.mean() < 0)
+        rows.append({"K": int(k), "metric": metric, "best_member": best, "best": float(means[best]),
+                     "stack": float(wide[stack].mean()), "oracle": float(oracle),
+                     "diff": float(diff.mean()), "p_value": p,
+                     "significantly_worse": bool(worse and p < alpha),
+                     "headroom_captured": captured, "users": len(wide)})
+    return pd.DataFrame(rows)
+
+
+def format_headroom(table: pd.DataFrame) -> str:
+    """Plain text: one line per K."""
+    if table.empty:
+        return "(no stack and members to compare)"
+    lines = [f"{'K':>3s}  {'best member':16s} {'best':>7s} {'stack':>7s} {'oracle':>7s} "
+             f"{'diff':>8s} {'p':>8s}  captured"]
+    for r in table.itertuples():
+        flag = "  (stack significantly worse)" if r.significantly_worse else ""
+        lines.append(f"{r.K:>3d}  {r.best_member:16s} {r.best:7.4f} {r.stack:7.4f} {r.oracle:7.4f} "
+                     f"{r.diff:+8.4f} {r.p_value:8.4f}  {r.headroom_captured:8.1%}{flag}")
+    return "\n".join(lines)

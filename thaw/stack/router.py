@@ -1,0 +1,482 @@
+"""The cold-to-warm stack: route each request by how much the user has done.
+
+No single method wins along the interaction-count axis, so the stack learns, on validation
+users only, what to do for each support-size band: one member, or a blend of up to three
+members whose scores are z-normalised per request first. A popularity circuit breaker sends a
+request to segment popularity when the routed member is unsure (a confidence threshold per
+band, calibrated on validation users) or fails (raises, returns NaN or inf, runs past its time
+budget). Items with few training interactions are blended with content scores, with a weight
+per item band learned the same way. The stack knows its members only through the Recommender
+contract; the table it learns is plain data, saved with it and printable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Self
+
+import numpy as np
+
+from thaw.data.schema import Dataset
+from thaw.errors import ThawError
+from thaw.models.base import Context, Recommender, Validator, make_model, register
+
+USER_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 1), (2, 3), (4, 5), (6, 10),
+                                                  (11, 20), (21, None))
+ITEM_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 4), (5, None))
+# Support sizes whose validation episodes teach the table: at least one per default band.
+VALIDATION_KS = (0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30)
+FALLBACK = "segment-pop"
+DEFAULT_MEMBERS = ("pop", "segment-pop", "content", "mf", "fomaml", "deepfm", "sasrec")
+# The overview's routing rule, used for a band without enough validation users: from the
+# row's lowest support size on, the first of these members that the stack has.
+DEFAULT_TABLE = (
+    (0, ("ptupcdr", "emcdr", "segment-pop", "pop", "content")),
+    (1, ("ptupcdr", "emcdr", "content", "segment-pop", "pop")),
+    (3, ("melu", "fomaml", "maml", "hml", "metatl", "content")),
+    (20, ("mf", "sasrec", "bpr", "gru4rec", "melu")),
+)
+ITEM_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def band_of(n: int, bands: Sequence[Sequence[int | None]]) -> int:
+    """Index of the band holding ``n`` (bands are inclusive ranges; None = no upper end)."""
+    for i, (low, high) in enumerate(bands):
+        if n >= low and (high is None or n <= high):
+            return i
+    raise ThawError(f"no band holds {n}; bands must cover every count from 0 up")
+
+
+def band_label(band: Sequence[int | None]) -> str:
+    low, high = band
+    return f"{low}+" if high is None else (str(low) if low == high else f"{low}-{high}")
+
+
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """Z-scores over one request's candidates, so members on different scales can be blended."""
+    scores = np.asarray(scores, dtype=np.float64)
+    spread = scores.std()
+    return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
+
+
+def episode_value(outputs: np.ndarray, truth: np.ndarray | None, task: str) -> np.ndarray:
+    """The validation metric of each row of ``outputs`` (rows = alternative score vectors for
+    one episode): NDCG@10 of the target in column 0 (next-item; ties count against), or
+    -RMSE of the predicted ratings (rating)."""
+    outputs = np.atleast_2d(outputs)
+    if task == "next-item":
+        rank = 1 + np.count_nonzero(~(outputs[:, 1:] < outputs[:, :1]), axis=1)
+        return np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0)
+    err = outputs - truth
+    err[np.isnan(err)] = np.inf
+    return -np.sqrt((err ** 2).mean(axis=1))
+
+
+def simplex(n_members: int, step: float) -> np.ndarray:
+    """Every weight vector of ``n_members`` positive multiples of ``step`` summing to one."""
+    units = int(round(1 / step))
+    rows = [c for c in itertools.product(range(1, units), repeat=n_members) if sum(c) == units]
+    return np.asarray(rows, dtype=np.float64) / units
+
+
+@register("stack")
+class Stack(Recommender):
+    """A Recommender made of others, routed by support size, with a popularity circuit breaker.
+
+    ``members`` are names (made and fitted by the stack) or Recommender instances; pass
+    ``fitted=True`` when the instances are already fitted. The fallback (segment popularity)
+    is added when absent: the breaker needs it. ``content`` names the member that scores items
+    with few training interactions (item bands).
+    """
+
+    predicts_ratings = True
+    # Members of an evaluation that the stack can be learned from without fitting them again.
+    learns_from_outputs = True
+    _transient = ("last_trips",)
+
+    def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
+                 *, fitted: bool = False, bands: Sequence[Sequence[int | None]] = USER_BANDS,
+                 item_bands: Sequence[Sequence[int | None]] = ITEM_BANDS, max_blend: int = 3,
+                 blend_step: float = 0.1, min_users: int = 10, time_budget: float | None = 2.0,
+                 validation_ks: Sequence[int] = VALIDATION_KS, content: str = "content",
+                 seed: int = 0) -> None:
+        if isinstance(members, Mapping):
+            self.members = dict(members)
+        else:
+            self.members = {}
+            for m in members:
+                model = make_model(m) if isinstance(m, str) else m
+                self.members[model.name] = model
+        if FALLBACK not in self.members:
+            self.members[FALLBACK] = make_model(FALLBACK)
+        if "stack" in self.members:
+            raise ThawError("a stack cannot be its own member")
+        self.fitted_members = fitted
+        self.bands = [list(b) for b in bands]
+        self.item_bands = [list(b) for b in item_bands]
+        band_of(0, self.bands)
+        band_of(0, self.item_bands)
+        self.max_blend, self.blend_step, self.min_users = max_blend, blend_step, min_users
+        self.time_budget = time_budget
+        self.validation_ks = list(validation_ks)
+        self.content = content
+        self.seed = seed
+        self.task = "next-item"
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.item_weights: dict[str, list[float]] = {}
+        self.item_counts = np.zeros(0, dtype=np.int64)
+        self.last_trips: list[bool] = []
+
+    def set_task(self, protocol: str) -> None:
+        self.task = protocol
+
+    # --- learning -------------------------------------------------------------------------
+
+    def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        """Fit the members (unless handed fitted), then learn the table on validation users."""
+        from thaw.eval.protocol import model_outputs
+
+        if not self.fitted_members:
+            for member in self.members.values():
+                member.set_task(self.task)
+                member.fit(data, validate=validate)
+        episodes = validate.episodes_at(self.validation_ks) if hasattr(validate, "episodes_at") else []
+        outputs, confidences = {}, {}
+        for name, member in self.members.items():
+            outputs[name] = model_outputs(member, episodes, self.task)
+            confidences[name] = np.array([member.confidence(e.context, o)
+                                          for e, o in zip(episodes, outputs[name], strict=True)])
+        return self.learn(data, episodes, outputs, confidences)
+
+    def learn(self, data: Dataset, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
+              confidences: Mapping[str, np.ndarray]) -> Self:
+        """Learn the routing table from the members' outputs on validation episodes.
+
+        Used by ``fit`` and by the evaluation, which hands over the outputs of members it has
+        fitted already (so no member is fitted twice). Never sees a test user.
+        """
+        task = self.task
+        self.item_counts = np.bincount(data.interactions.item, minlength=data.n_items)
+        eligible = [m for m in self.members if m in outputs and self._answers(m, task)]
+        if FALLBACK not in eligible:
+            raise ThawError(f"the stack's fallback '{FALLBACK}' has no outputs to learn from")
+        in_band = np.array([band_of(len(e.context.history), self.bands) for e in episodes], dtype=int)
+        transformed = {m: [self._transform(o, task) for o in outputs[m]] for m in eligible}
+        table = []
+        for b, band in enumerate(self.bands):
+            idx = np.flatnonzero(in_band == b)
+            users = len({episodes[i].user for i in idx})
+            if users < self.min_users:
+                route = self._default_route(band, eligible)
+            else:
+                route = self._best_route(idx, episodes, transformed, confidences, eligible, task)
+            route |= {"band": band_label(band), "users": users}
+            table.append(route)
+        self.tables[task] = table
+        self.item_weights[task] = [0.0] * len(self.item_bands)
+        if self.content in eligible and episodes:
+            self.item_weights[task] = self._learn_item_weights(episodes, transformed, confidences, task)
+        return self
+
+    def _answers(self, member: str, task: str) -> bool:
+        return task != "rating" or self.members[member].predicts_ratings
+
+    @staticmethod
+    def _transform(output: np.ndarray, task: str) -> np.ndarray:
+        output = np.asarray(output, dtype=np.float64)
+        return normalise(output) if task == "next-item" else output
+
+    def _default_route(self, band: Sequence[int | None], eligible: list[str]) -> dict[str, Any]:
+        """The overview's rule for a band too thin on validation users to learn from."""
+        row = [prefs for low, prefs in DEFAULT_TABLE if low <= band[0]][-1]
+        member = next((m for m in row if m in eligible), FALLBACK)
+        return {"members": [member], "weights": [1.0], "threshold": None, "metric": None,
+                "runner_up": None, "runner_up_metric": None, "source": "default table"}
+
+    def _best_route(self, idx: np.ndarray, episodes: Sequence[Any], transformed: dict[str, list],
+                    confidences: Mapping[str, np.ndarray], eligible: list[str],
+                    task: str) -> dict[str, Any]:
+        """The single member or blend with the best mean validation metric on the band, each
+        judged with its own calibrated breaker threshold (an unsure member that knows it is
+        unsure can still be the best choice)."""
+        fallback = np.array([episode_value(transformed[FALLBACK][i], episodes[i].truth, task)[0]
+                             for i in idx])
+
+        def judged(members: tuple[str, ...], weights: np.ndarray) -> list[tuple]:
+            values = np.zeros((len(weights), len(idx)))
+            for j, i in enumerate(idx):
+                stacked = np.stack([transformed[m][i] for m in members])
+                values[:, j] = episode_value(weights @ stacked, episodes[i].truth, task)
+            out = []
+            for w, per_episode in zip(weights, values, strict=True):
+                primary = members[int(np.argmax(w))]
+                threshold, value = self._calibrate(per_episode, fallback, primary, idx, confidences)
+                out.append((members, tuple(float(x) for x in w), value, threshold))
+            return out
+
+        singles = [judged((m,), np.ones((1, 1)))[0] for m in eligible]
+        candidates = list(singles)
+        ranked = sorted(singles, key=lambda c: -c[2])
+        top = [c[0][0] for c in ranked[:self.max_blend + 1]]
+        for size in range(2, min(self.max_blend, len(top)) + 1):
+            for members in itertools.combinations(top, size):
+                candidates += judged(members, simplex(size, self.blend_step))
+        # Best first; among equals the simpler route (fewer members) wins.
+        candidates.sort(key=lambda c: (-c[2], len(c[0])))
+        members, weights, value, threshold = candidates[0]
+        runner_up = next((c for c in candidates if set(c[0]) != set(members)), None)
+        return {"members": list(members), "weights": list(weights), "metric": value,
+                "threshold": threshold,
+                "runner_up": None if runner_up is None else _describe(runner_up[0], runner_up[1]),
+                "runner_up_metric": None if runner_up is None else runner_up[2],
+                "source": "validation"}
+
+    @staticmethod
+    def _calibrate(routed: np.ndarray, fallback: np.ndarray, primary: str, idx: np.ndarray,
+                   confidences: Mapping[str, np.ndarray]) -> tuple[float | None, float]:
+        """The confidence threshold (of the route's main member) below which handing the
+        request to the fallback helps the band's validation metric most (None = never), and
+        the metric it reaches."""
+        best, best_value = None, float(routed.mean())
+        if primary == FALLBACK or primary not in confidences:
+            return best, best_value
+        conf = np.asarray(confidences[primary], dtype=np.float64)[idx]
+        for q in np.arange(0.05, 0.51, 0.05):
+            threshold = float(np.quantile(conf, q))
+            value = float(np.where(conf < threshold, fallback, routed).mean())
+            if value > best_value + 1e-12:
+                best, best_value = threshold, value
+        return best, best_value
+
+    def _learn_item_weights(self, episodes: Sequence[Any], transformed: dict[str, list],
+                            confidences: Mapping[str, np.ndarray], task: str) -> list[float]:
+        """Weight of content per item band, by coordinate search over a grid on validation."""
+        bases, bands = [], []
+        for i, ep in enumerate(episodes):
+            route = self.tables[task][band_of(len(ep.context.history), self.bands)]
+            outputs = {m: transformed[m][i] for m in route["members"]}
+            conf = confidences.get(self._primary(route), np.full(len(episodes), np.inf))[i]
+            base, _ = self._route_output(route, outputs, conf, transformed[FALLBACK][i],
+                                          len(ep.candidates))
+            bases.append(base)
+            bands.append(self._item_bands(ep.candidates))
+
+        def value(weights: np.ndarray) -> float:
+            total = 0.0
+            for i, ep in enumerate(episodes):
+                w = weights[bands[i]]
+                total += episode_value(w * transformed[self.content][i] + (1 - w) * bases[i], ep.truth,
+                                       task)[0]
+            return total / len(episodes)
+
+        weights = np.zeros(len(self.item_bands))
+        best = value(weights)
+        for _ in range(2):
+            for b in range(len(weights)):
+                for candidate in ITEM_WEIGHT_GRID:
+                    trial = weights.copy()
+                    trial[b] = candidate
+                    v = value(trial)
+                    if v > best + 1e-12:
+                        best, weights = v, trial
+        return [float(w) for w in weights]
+
+    # --- answering ------------------------------------------------------------------------
+
+    @staticmethod
+    def _primary(route: Mapping[str, Any]) -> str:
+        return route["members"][int(np.argmax(route["weights"]))]
+
+    def _item_bands(self, items: np.ndarray) -> np.ndarray:
+        """Item band of each item by its training interactions (items added since: none)."""
+        items = np.asarray(items, dtype=np.int64)
+        counts = np.zeros(len(items), dtype=np.int64)
+        known = items < len(self.item_counts)
+        counts[known] = self.item_counts[items[known]]
+        return np.array([band_of(int(c), self.item_bands) for c in counts], dtype=int)
+
+    def _route_output(self, route: Mapping[str, Any], outputs: Mapping[str, np.ndarray | None],
+                      confidence: float, fallback: np.ndarray | None,
+                      n_items: int) -> tuple[np.ndarray, bool]:
+        """The route's (transformed) blend, or the fallback's when the breaker trips."""
+        threshold = route["threshold"]
+        tripped = any(outputs.get(m) is None for m in route["members"]) or (
+            threshold is not None and not confidence >= threshold)
+        if tripped:
+            # The fallback failing too leaves no ranking at all: every item alike.
+            return (np.zeros(n_items) if fallback is None else fallback), True
+        weights = route["weights"]
+        return sum(w * outputs[m] for m, w in zip(route["members"], weights, strict=True)), False
+
+    def combine(self, task: str, context: Context, items: np.ndarray,
+                outputs: Mapping[str, np.ndarray | None], confidence: float) -> tuple[np.ndarray, bool]:
+        """The stack's answer from its members' raw outputs on one request (None = failed).
+
+        The one place routing, the breaker and the item-side blend happen: ``score``, the
+        batch path and the evaluation's reuse of already-fitted members all come through here.
+        """
+        table = self._table(task)
+        route = table[band_of(len(context.history), self.bands)]
+        ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
+        result, tripped = self._route_output(route, ready, confidence, ready.get(FALLBACK),
+                                              len(items))
+        weights = np.asarray(self.item_weights.get(task, [0.0]))
+        if ready.get(self.content) is not None and weights.any():
+            w = weights[self._item_bands(items)]
+            result = w * ready[self.content] + (1 - w) * result
+        return result, tripped
+
+    def needed(self, task: str, context: Context) -> list[str]:
+        """The members whose outputs ``combine`` needs for this request."""
+        route = self._table(task)[band_of(len(context.history), self.bands)]
+        names = list(route["members"]) + [FALLBACK]
+        if any(self.item_weights.get(task, [])) and self.content in self.members:
+            names.append(self.content)
+        return list(dict.fromkeys(names))
+
+    def _table(self, task: str) -> list[dict[str, Any]]:
+        if task in self.tables:
+            return self.tables[task]
+        if task == "next-item" and self.tables:
+            return next(iter(self.tables.values()))
+        raise ThawError(f"this stack has learned no routing table for '{task}'; fit it with "
+                        f"that protocol")
+
+    def _call(self, name: str, ctx: Context, items: np.ndarray, task: str,
+              budget: float | None) -> np.ndarray | None:
+        """One member's output, or None when it raises, returns a non-finite value or the
+        wrong shape, or runs past ``budget`` seconds (then the request goes on without it)."""
+        member = self.members[name]
+        call = member.predict if task == "rating" and member.predicts_ratings else member.score
+        try:
+            if budget is None:
+                out = call(ctx, items)
+            else:
+                out = _pool().submit(call, ctx, items).result(timeout=budget)
+        except (Exception, FutureTimeout):  # noqa: BLE001 - any member failure trips the breaker
+            return None
+        return _checked(out, items)
+
+    def _answer(self, ctx: Context, items: np.ndarray, task: str) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        outputs = {m: self._call(m, ctx, items, task, self.time_budget) for m in self.needed(task, ctx)}
+        confidence = self._confidence(task, ctx, outputs)
+        result, tripped = self.combine(task, ctx, items, outputs, confidence)
+        self.last_trips = [tripped]
+        return result
+
+    def _confidence(self, task: str, ctx: Context, outputs: Mapping[str, np.ndarray | None]) -> float:
+        primary = self._primary(self._table(task)[band_of(len(ctx.history), self.bands)])
+        if outputs.get(primary) is None:
+            return -np.inf
+        try:
+            return float(self.members[primary].confidence(ctx, outputs[primary]))
+        except Exception:  # noqa: BLE001 - an unsure member is an untrusted one
+            return -np.inf
+
+    def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        return self._answer(ctx, items, "next-item" if "next-item" in self.tables else self.task)
+
+    def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        return self._answer(ctx, items, "rating")
+
+    def _answer_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray],
+                     task: str) -> list[np.ndarray]:
+        """Batch path: each member is asked once for every request that needs it; a member
+        whose batch call fails is asked request by request, so one bad request trips alone."""
+        needs = [self.needed(task, c) for c in contexts]
+        outputs: list[dict[str, np.ndarray | None]] = [{} for _ in contexts]
+        for name in dict.fromkeys(n for need in needs for n in need):
+            idx = [i for i, need in enumerate(needs) if name in need]
+            member = self.members[name]
+            many = member.predict_many if task == "rating" and member.predicts_ratings else member.score_many
+            try:
+                results = many([contexts[i] for i in idx], [items[i] for i in idx])
+                checked = [_checked(r, items[i]) for r, i in zip(results, idx, strict=True)]
+            except Exception:  # noqa: BLE001
+                checked = [self._call(name, contexts[i], items[i], task, None) for i in idx]
+            for i, out in zip(idx, checked, strict=True):
+                outputs[i][name] = out
+        answers, self.last_trips = [], []
+        for ctx, cand, out in zip(contexts, items, outputs, strict=True):
+            result, tripped = self.combine(task, ctx, np.asarray(cand), out,
+                                           self._confidence(task, ctx, out))
+            answers.append(result)
+            self.last_trips.append(tripped)
+        return answers
+
+    def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._answer_many(contexts, items, "next-item" if "next-item" in self.tables else self.task)
+
+    def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._answer_many(contexts, items, "rating")
+
+    def combine_outputs(self, task: str, episodes: Sequence[Any],
+                        outputs: Mapping[str, Sequence[np.ndarray]],
+                        confidences: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], list[bool]]:
+        """``combine`` over episodes whose members' outputs were computed elsewhere (the
+        evaluation's workers); returns the answers and which requests tripped the breaker."""
+        answers, trips = [], []
+        for i, ep in enumerate(episodes):
+            needed = self.needed(task, ep.context)
+            raw = {m: _checked(outputs[m][i], ep.candidates) for m in needed}
+            route = self._table(task)[band_of(len(ep.context.history), self.bands)]
+            primary = self._primary(route)
+            confidence = float(confidences[primary][i]) if raw.get(primary) is not None else -np.inf
+            answer, tripped = self.combine(task, ep.context, ep.candidates, raw, confidence)
+            answers.append(answer)
+            trips.append(tripped)
+        return answers, trips
+
+    # --- reading the table ----------------------------------------------------------------
+
+    def explain(self) -> str:
+        """The learned routing table as text: band, choice, weights, validation metrics."""
+        lines = []
+        for task, table in self.tables.items():
+            metric = "NDCG@10" if task == "next-item" else "-RMSE"
+            lines.append(f"{task} (validation {metric}; breaker fallback: {FALLBACK})")
+            lines.append(f"  {'band':6s} {'users':>5s}  {'choice':38s} {'metric':>7s}  "
+                         f"{'threshold':>9s}  runner-up")
+            for route in table:
+                choice = _describe(route["members"], route["weights"])
+                value = "-" if route["metric"] is None else f"{route['metric']:.4f}"
+                threshold = "never" if route["threshold"] is None else f"{route['threshold']:.4g}"
+                runner = ("-" if route["runner_up"] is None else
+                          f"{route['runner_up']} ({route['runner_up_metric']:.4f})")
+                source = "" if route["source"] == "validation" else f"  [{route['source']}]"
+                lines.append(f"  {route['band']:6s} {route['users']:>5d}  {choice:38s} {value:>7s}  "
+                             f"{threshold:>9s}  {runner}{source}")
+            weights = self.item_weights.get(task, [])
+            lines.append("  content weight by item band (training interactions): " + ", ".join(
+                f"{band_label(b)}: {w:.2f}" for b, w in zip(self.item_bands, weights, strict=True)))
+        return "\n".join(lines) if lines else "(this stack has not learned a table yet)"
+
+
+def _describe(members: Sequence[str], weights: Sequence[float]) -> str:
+    if len(members) == 1:
+        return members[0]
+    return " + ".join(f"{w:.1f} {m}" for m, w in zip(members, weights, strict=True))
+
+
+def _checked(output: Any, items: np.ndarray) -> np.ndarray | None:
+    try:
+        out = np.asarray(output, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if out.shape != np.shape(items) or not np.all(np.isfinite(out)):
+        return None
+    return out
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads that run members under a time budget; a member that hangs holds one of them."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thaw-stack")
+    return _POOL
