@@ -25,8 +25,18 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from thaw.bandits.simulate import (EXTRA_POLICY_NAMES, POLICY_NAMES, make_policy, mean_band, ml100k_world,  # noqa: E402
-                                   parse_policies, plot_regret, simulate, synthetic_world)
+from thaw.bandits.simulate import (  # noqa: E402
+    EXTRA_POLICY_NAMES,
+    POLICY_NAMES,
+    best_fixed_item_regret,
+    make_policy,
+    mean_band,
+    ml100k_world,
+    parse_policies,
+    plot_regret,
+    simulate,
+    synthetic_world,
+)
 
 CHECKPOINTS = (1_000, 10_000, 100_000)
 
@@ -83,6 +93,17 @@ def main() -> None:
     print(table)
     print(f"\n{args.seeds} seeds (0..{args.seeds - 1}), 95% t-intervals over seeds; "
           f"simulation took {run_s:.0f} s on {machine}")
+    last = min(10_000, args.horizon - 1)
+    if last > 0:
+        slopes = {n: float(np.mean((result.regret[n][:, -1] - result.regret[n][:, -1 - last]) / last))
+                  for n in names}
+        print(f"\nregret per round over the last {last:,} rounds, mean over seeds: " + ", ".join(
+            f"{n} {s:.3f}" for n, s in sorted(slopes.items(), key=lambda kv: -kv[1])))
+    if world.candidates_per_round is None:
+        fixed = [best_fixed_item_regret(world, args.horizon, s) for s in result.seeds]
+        print(f"best fixed item (one item for every user, chosen knowing the rewards): regret per "
+              f"round {np.mean(fixed):.3f} (mean over seeds), {np.mean(fixed) * args.horizon:,.0f} "
+              f"at T={args.horizon:,}")
 
     frame = result.table()
     frame.to_csv(args.out / "regret.csv", index=False)

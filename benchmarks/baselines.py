@@ -14,7 +14,7 @@ import warnings
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import DegenerateResultWarning, METRICS, evaluate
+from thaw.eval.protocol import METRICS, DegenerateResultWarning, evaluate
 from thaw.eval.report import markdown_table
 
 
@@ -38,7 +38,7 @@ def main() -> None:
             if metric in set(result.table["metric"]):
                 print(markdown_table(result.table, metric) + "\n")
         print("fit seconds: " + ", ".join(f"{m} {s:.1f}" for m, s in
-                                          zip(result.timings["model"], result.timings["fit_seconds"])))
+                                          zip(result.timings["model"], result.timings["fit_seconds"], strict=False)))
         for w in caught:
             print(f"warning: {w.message}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

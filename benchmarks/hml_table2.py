@@ -47,8 +47,8 @@ def main() -> None:
     for kind, title in SCENARIOS:
         start = time.perf_counter()
         split = make_split(data, kind, seed=args.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DegenerateResultWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DegenerateResultWarning)
             result = evaluate(args.models.split(","), split, protocol="rating", ks=ks,
                               seed=args.seed, progress=False)
         table = result.table.set_index(["model", "metric", "K"])["value"]
@@ -66,8 +66,12 @@ def main() -> None:
             paper = PAPER[kind].get(model)
             ref = " / ".join(f"{v:.3f}" for v in paper) if paper else ""
             print(f"| {model} | " + " | ".join(cells) + f" | {ref} |")
-        fits = ", ".join(f"{m} {s:.0f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"]))
+        timings = result.timings
+        fits = ", ".join(f"{m} {s:.0f}" for m, s in zip(timings["model"], timings["fit_seconds"], strict=True))
         print(f"\nfit seconds: {fits}")
+        for w in caught:  # every warning recorded, not only the degenerate results
+            kind = "" if issubclass(w.category, DegenerateResultWarning) else f"{w.category.__name__}: "
+            print(f"warning: {kind}{w.message}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 import torch
+from torch.func import functional_call
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.meta.melu import MeLU
-from thaw.meta.maml import TaskBatch
-from thaw.meta.tasks import TrainingTasks
-from torch.func import functional_call
+from thaw.models.features_net import TrainingTasks
+from thaw.models.neural import TaskBatch
 
 
 def vectorised(model: MeLU, batch: TaskBatch) -> tuple[float, list[torch.Tensor]]:
@@ -50,12 +50,12 @@ def copy_per_task(model: MeLU, batch: TaskBatch) -> tuple[float, list[torch.Tens
             out = functional_call(net, {**params, **fast}, (inputs,))
             loss = maml.loss(out, support["target"], support["mask"])
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not maml.first_order)
-            fast = {k: w - maml.inner_lr * g for (k, w), g in zip(fast.items(), grads)}
+            fast = {k: w - maml.inner_lr * g for (k, w), g in zip(fast.items(), grads, strict=False)}
         inputs = {k: v for k, v in query.items() if k not in ("target", "mask")}
         out = functional_call(net, {**params, **fast}, (inputs,))
         qloss = maml.loss(out, query["target"], query["mask"]) / n
         qloss.backward()
-        for p, q in zip(model.net.parameters(), net.parameters()):
+        for p, q in zip(model.net.parameters(), net.parameters(), strict=False):
             p.grad = q.grad.clone() if p.grad is None else p.grad + q.grad
         total += float(qloss.detach())
     return total, [p.grad.clone() for p in model.net.parameters()]
@@ -94,7 +94,7 @@ def main() -> None:
         fast_s, (fast_loss, fast_grads) = timed(vectorised, model, batch, args.repeats)
         loop_s, (loop_loss, loop_grads) = timed(copy_per_task, model, batch, max(1, args.repeats // 3))
         assert abs(fast_loss - loop_loss) < 1e-4 * max(1.0, abs(loop_loss)), (fast_loss, loop_loss)
-        for a, b in zip(fast_grads, loop_grads):
+        for a, b in zip(fast_grads, loop_grads, strict=False):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
         name = "first" if first_order else "second"
         seconds[name] = fast_s

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sequential.py temporal  [--seed 0] [--jobs 2]
     .venv/bin/python benchmarks/sequential.py scenarios [--seed 0] [--jobs 2] [--plot PATH]
+    .venv/bin/python benchmarks/sequential.py training  [--seed 0]
 
 ``temporal`` is MetaTL's Table 2 / Figure 2 setting: users whose first interaction falls
 after a cut are the test users (temporal split), K = 2, 3, 4 support interactions, Hit@1 and
@@ -10,6 +11,12 @@ and Figures 3-4: AUC, MAP and Hit@N / NDCG@N for N = 1..20, in the cold-start sc
 users, held out entirely) and the warm-start one (users whose earlier half is in training),
 with K = 9 support items before the target (metaCSR keeps a new user's 10 earliest
 interactions and holds out the last). With one target per user, MAP equals MRR.
+``training`` is about the training budgets, on the new-user split of ``thaw run`` (K = 1, 3, 5,
+10): MetaTL with first- (the default) and second-order MAML and with 16 epochs of 4 tasks per
+user instead of 8 of 32, metaCSR with 10 epochs (the default) and 25, and SASRec; for each,
+the fit time, the validation NDCG@10 of every epoch and the test NDCG@10. It fits one model
+at a time in this process (to read the fitted models' epoch histories), so its fit seconds
+are comparable with each other.
 
 The papers used other data (Amazon and Goodreads; MovieLens-1M, Last.fm, Amazon-Video), so
 their figures, printed beside ours, are context, not targets.
@@ -23,11 +30,13 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
+from thaw.registry import make_model
 
 TEMPORAL_MODELS = "random,pop,bpr,gru4rec,sasrec,melu,metatl-nomaml,metatl,metacsr"
 SCENARIO_MODELS = ("random,pop,bpr,gru4rec,sasrec,melu,metatl,metacsr,metacsr-nodiffusion,"
@@ -49,15 +58,21 @@ METACSR_PAPER = {
 CUTOFFS = tuple(range(1, 21))
 
 
-def _evaluate(models: str, split, ks, seed: int, jobs: int, cutoffs=(1, 10)):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateResultWarning)
-        return evaluate(models.split(","), split, ks=ks, seed=seed, progress=False, jobs=jobs,
-                        cutoffs=cutoffs)
+def _evaluate(models, split, ks, seed: int, jobs: int, cutoffs=(1, 10)):
+    """Evaluate, printing the protocol's degenerate-result warnings rather than hiding them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegenerateResultWarning)
+        result = evaluate(models.split(",") if isinstance(models, str) else models, split, ks=ks,
+                          seed=seed, progress=False, jobs=jobs, cutoffs=cutoffs)
+    for w in caught:  # every warning recorded, not only the degenerate results
+        kind = "" if issubclass(w.category, DegenerateResultWarning) else f"{w.category.__name__}: "
+        print(f"warning: {kind}{w.message}")
+    return result
 
 
 def _fits(result) -> str:
-    return ", ".join(f"{m} {s:.0f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"]))
+    timings = result.timings
+    return ", ".join(f"{m} {s:.0f}" for m, s in zip(timings["model"], timings["fit_seconds"], strict=True))
 
 
 def temporal(args: argparse.Namespace) -> None:
@@ -90,7 +105,8 @@ def scenarios(args: argparse.Namespace) -> None:
         curves[title] = wide
         print(f"\n#### {title}: `{kind}` split, K = 9, {result.meta['test_users']} test users, "
               f"{time.perf_counter() - start:.0f} s wall with {args.jobs} jobs\n")
-        print("| model | AUC | MAP (= MRR) | Hit@1 | Hit@5 | Hit@10 | Hit@20 | NDCG@5 | NDCG@10 | NDCG@20 | paper (ML-1M) AUC / MAP |")
+        print("| model | AUC | MAP (= MRR) | Hit@1 | Hit@5 | Hit@10 | Hit@20 | NDCG@5 | NDCG@10 | NDCG@20 "
+              "| paper (ML-1M) AUC / MAP |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for model, row in wide.iterrows():
             cells = [row[m] for m in ("auc", "mrr", "hit@1", "hit@5", "hit@10", "hit@20", "ndcg@5",
@@ -105,11 +121,48 @@ def scenarios(args: argparse.Namespace) -> None:
 
 
 def _significance(result, metric: str, k: int) -> None:
-    rows = result.comparisons[(result.comparisons["metric"] == metric) & (result.comparisons["K"] == k)]
-    if len(rows):
-        best = rows["best"].iloc[0]
-        rivals = ", ".join(f"{r.other} p={r.p_value:.3g}" for r in rows.itertuples())
-        print(f"paired Wilcoxon, {metric} at K={k}, best {best} against: {rivals}")
+    """The best model at this K against every other: paired Wilcoxon p, raw and Holm-corrected
+    (Holm over every pair of models at this K and metric, as in comparisons.csv)."""
+    comp = result.comparisons
+    rows = comp[(comp["metric"] == metric) & (comp["K"] == k)]
+    means = result.table[(result.table["metric"] == metric) & (result.table["K"] == k)].set_index("model")["value"]
+    if not len(rows) or not len(means):
+        return
+    best = means.idxmax()
+    mine = rows[(rows["model_a"] == best) | (rows["model_b"] == best)]
+    rivals = ", ".join(f"{r.model_b if r.model_a == best else r.model_a} p={r.p_value:.3g} (Holm {r.p_holm:.3g})"
+                       for r in mine.itertuples())
+    print(f"paired Wilcoxon, {metric} at K={k}, best {best} against: {rivals}")
+
+
+def training(args: argparse.Namespace) -> None:
+    data = load_dataset("ml-100k")
+    split = make_split(data, "new-user", seed=args.seed)
+    models = {"metatl": make_model("metatl"),
+              "metatl, second order": make_model("metatl", first_order=False),
+              "metatl, 16 epochs x 4 tasks": make_model("metatl", epochs=16, tasks_per_user=4),
+              "metacsr": make_model("metacsr"),
+              "metacsr, 25 epochs": make_model("metacsr", epochs=25),
+              "sasrec": make_model("sasrec")}
+    ks = (1, 3, 5, 10)
+    start = time.perf_counter()
+    result = _evaluate(models, split, ks, args.seed, 1)
+    ndcg = result.table[result.table["metric"] == "ndcg@10"].pivot(index="model", columns="K", values="value")
+    fits = dict(zip(result.timings["model"], result.timings["fit_seconds"], strict=True))
+    print(f"{split.describe()}; {result.meta['test_users']} test users; "
+          f"{time.perf_counter() - start:.0f} s wall, one model at a time\n")
+    print("| model | fit s | epochs run | best validation NDCG@10 (epoch) | test NDCG@10 "
+          + " / ".join(f"K={k}" for k in ks) + " |")
+    print("|---|---|---|---|---|")
+    for name, model in models.items():
+        history = [h["validation"] for h in model.history]
+        best = int(np.argmax(history))
+        print(f"| {name} | {fits[name]:.0f} | {len(history)} | {history[best]:.3f} ({best + 1}) | "
+              + " / ".join(f"{ndcg.loc[name, k]:.3f}" for k in ks) + " |")
+    print("\nvalidation NDCG@10 by epoch:")
+    for name, model in models.items():
+        print(f"  {name}: " + " ".join(f"{h['validation']:.3f}" for h in model.history))
+    _significance(result, "ndcg@10", 3)
 
 
 def _plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
@@ -138,14 +191,14 @@ def _plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("temporal", "scenarios"))
+    parser.add_argument("experiment", choices=("temporal", "scenarios", "training"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated; default: the papers' sets")
     parser.add_argument("--plot", default="benchmarks/figures/metacsr_hit_ndcg_at_n.png")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}; seed {args.seed}")
-    {"temporal": temporal, "scenarios": scenarios}[args.experiment](args)
+    {"temporal": temporal, "scenarios": scenarios, "training": training}[args.experiment](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
-from thaw.models.base import make_model, model_names
+from thaw.registry import make_model, model_names
 from thaw.stack import Stack
 from thaw.stack.headroom import format_headroom, headroom
 

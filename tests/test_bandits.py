@@ -11,12 +11,40 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thaw.bandits import (BanditLog, DecisionLog, EpsilonGreedy, ExploringRecommender, ItemMeanReward, JoinedFeatures,
-                          LinearTS, LinUCB, NonUniformLoggingWarning, Policy, RandomPolicy, TableEncoder, ThompsonBeta,
-                          ThompsonGaussian, UCB1, VectorFeatures, ips, off_policy_estimates, read_log_csv, replay,
-                          snips)
-from thaw.bandits.simulate import (bernoulli_world, linear_world, make_policy, mean_band, parse_policies,
-                                   run_policy, simulate)
+from thaw.bandits import (
+    UCB1,
+    BanditLog,
+    DecisionLog,
+    EpsilonGreedy,
+    ExploringRecommender,
+    ItemMeanReward,
+    JoinedFeatures,
+    LinearTS,
+    LinUCB,
+    NonUniformLoggingWarning,
+    Policy,
+    RandomPolicy,
+    TableEncoder,
+    ThompsonBeta,
+    ThompsonGaussian,
+    VectorFeatures,
+    ips,
+    off_policy_estimates,
+    read_log_csv,
+    replay,
+    snips,
+)
+from thaw.bandits.simulate import (
+    BanditWorld,
+    bernoulli_world,
+    best_fixed_item_regret,
+    linear_world,
+    make_policy,
+    mean_band,
+    parse_policies,
+    run_policy,
+    simulate,
+)
 from thaw.errors import DataError, ThawError
 from thaw.models.base import Context, Recommender
 
@@ -493,7 +521,7 @@ def test_table_encoder_one_hot_bands_multi_hot_scaled():
     assert "title=x" not in names  # too many distinct values: left out
     X = enc.encode_frame(frame)
     assert X.shape == (3, enc.dim) and np.all(np.isfinite(X))
-    row = dict(zip(names, X[1]))
+    row = dict(zip(names, X[1], strict=False))
     assert row["bias"] == 1 and row["gender=F"] == 1 and row["age:25-35"] == 1
     assert row["genres=Comedy"] == 1 and row["genres=Drama"] == 1 and row["year"] == 1.0
     assert TableEncoder.from_json(json.loads(json.dumps(enc.to_json()))).encode(frame.iloc[0]).tolist() == X[0].tolist()
@@ -537,7 +565,7 @@ def test_movielens_style_world_uses_real_ratings_where_they_exist():
     col = {int(it): j for j, it in enumerate(world.items)}
     checked = 0
     for k, u in enumerate(held):
-        for it, r in zip(inter.item[inter.user == u], inter.rating[inter.user == u]):
+        for it, r in zip(inter.item[inter.user == u], inter.rating[inter.user == u], strict=False):
             if int(it) in col:
                 assert world.expected[k, col[int(it)]] == float(r >= 4)
                 checked += 1
@@ -629,3 +657,53 @@ def test_replay_with_per_event_candidate_sets():
     skewed = BanditLog(items, rewards, propensities=np.full(n, 0.5), candidates=cands)
     with pytest.warns(NonUniformLoggingWarning, match=r"differ from 1/\|candidates\|"):
         replay(RandomPolicy(seed=0), skewed)
+
+
+class _TiedModel(Recommender):
+    """Scores items 10..19 alike above every other item, which it also scores alike."""
+
+    name = "tied"
+
+    def score(self, ctx, items):
+        return np.where((items >= 10) & (items < 20), 1.0, 0.0)
+
+
+def test_exploring_recommender_breaks_ties_by_a_seeded_shuffle_not_item_id():
+    def slates(seed, n=5):
+        wrapper = ExploringRecommender(_TiedModel(), RandomPolicy(seed=0), n_explore=0, seed=seed)
+        return [wrapper.recommend(CTX, np.arange(30), 12).items.tolist() for _ in range(n)]
+
+    first = slates(0)
+    for items in first:
+        assert set(items[:10]) == set(range(10, 20))  # the model's order between score levels holds
+        assert set(items[10:]) <= set(range(30)) - set(range(10, 20))
+    assert any(items[:10] != sorted(items[:10]) for items in first)  # not by id
+    assert len({tuple(items) for items in first}) > 1                # a fresh shuffle per request
+    assert slates(0) == first                                        # and seeded
+    assert slates(1) != first
+    # With no ties, the model's own order decides, whatever the seed.
+    by_id = ExploringRecommender(_ByIdModel(), RandomPolicy(seed=0), n_explore=0, seed=3)
+    assert by_id.recommend(CTX, np.arange(8), 8).items.tolist() == list(range(8))
+
+
+def test_best_fixed_item_regret_is_the_best_always_the_same_item_policy():
+    """The floor printed by benchmarks/bandits.py: on the same arrivals and per-pair reward
+    draws as run_policy, the best of the policies that always show one item."""
+
+    class Always:
+        def __init__(self, item):
+            self.item = item
+
+        def select(self, ctx, candidates, n=1):
+            return np.array([self.item])
+
+        def update(self, ctx, item, reward):
+            pass
+
+    expected = np.random.default_rng(3).random((5, 4))
+    world = BanditWorld(expected, np.arange(4), [Context(user=None) for _ in range(5)],
+                        noise="bernoulli-pair")
+    horizon = 500
+    per_item = [run_policy(world, Always(j), horizon, seed=2).regret[-1] / horizon for j in range(4)]
+    assert best_fixed_item_regret(world, horizon, seed=2) == pytest.approx(min(per_item))
+    assert best_fixed_item_regret(world, horizon, seed=3) != pytest.approx(min(per_item))

@@ -42,6 +42,20 @@ def test_evaluate_writes_tidy_results_and_report(ratings_csv, tmp_path):
     meta = json.loads((out / "results.json").read_text())
     assert meta["provenance"]["seed"] == 0 and "evaluate" in meta["provenance"]["command"]
     assert "hit@10" in done.stdout and "random" in done.stdout
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert (comp.groupby(["K", "metric"]).size() == 6).all()  # every pair of the four models
+    assert {"p_value", "p_holm", "test", "users", "better"} <= set(comp.columns)
+
+
+def test_evaluate_compares_only_the_pairs_named(ratings_csv, tmp_path):
+    out = tmp_path / "out"
+    done = thaw("evaluate", "--dataset", str(ratings_csv), "--columns",
+                "user=uid,item=iid,rating=stars,ts=ts", "--models", "random,pop,content",
+                "--ks", "1", "--out", str(out), "--no-progress", "--bootstrap", "20",
+                "--compare", "pop:random,content:pop")
+    assert done.returncode == 0, done.stderr
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert set(zip(comp["model_a"], comp["model_b"], strict=False)) == {("pop", "random"), ("content", "pop")}
 
 
 def test_rating_protocol_and_external_split(ratings_csv, tmp_path):
@@ -61,6 +75,16 @@ def test_rating_protocol_and_external_split(ratings_csv, tmp_path):
     assert {"mae", "rmse", "ndcg@10"} <= set(results["metric"])
     test_users = sum(1 for u in users if role[u] == "test")
     assert results["users"].max() == test_users
+    # A bare split folder has no side features: the run says so and how to give them.
+    assert "no user features" in done.stderr and "--dataset NAME with --split" in done.stderr
+
+
+def test_evaluate_without_validation_users_says_model_selection_was_skipped(ratings_csv, tmp_path):
+    done = thaw("evaluate", "--dataset", str(ratings_csv), "--columns",
+                "user=uid,item=iid,rating=stars,ts=ts", "--models", "pop,mf", "--val-frac", "0",
+                "--ks", "1", "--out", str(tmp_path / "out"), "--no-progress", "--bootstrap", "20")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("model selection skipped") == 1
 
 
 def test_models_and_datasets_commands():
@@ -78,6 +102,8 @@ def test_models_and_datasets_commands():
     (["evaluate", "--ks", "1,x"], "--ks must be"),
     (["evaluate", "--protocol", "psychic", "--models", "random"], "unknown protocol"),
     (["evaluate", "--split", "/no/such/folder"], "interactions.csv"),
+    (["evaluate", "--compare", "mf"], "--compare takes model pairs a:b"),
+    (["evaluate", "--models", "random,pop", "--compare", "pop:mf"], "--compare names mf"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message):
     done = thaw(*args)

@@ -13,8 +13,9 @@ import thaw.models.content as content
 from conftest import history, tiny_dataset
 from thaw.data.features import item_documents
 from thaw.errors import ThawError
-from thaw.models.base import Context, make_model, model_names
+from thaw.models.base import Context
 from thaw.models.content import ContentKNN, EmbeddingCache, item_texts
+from thaw.registry import make_model, model_names
 
 SPACE_AND_COOKING = pd.DataFrame({
     "title": ["Orbit", "Red Planet Run", "Sunday Roast", "Knife Skills", "Quiet Harbour",

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from thaw.meta.maml import MAML, TaskBatch, masked_mse
+from thaw.meta.maml import MAML
+from thaw.models.neural import TaskBatch, masked_mse
 
 DOUBLE = torch.float64
 
@@ -63,7 +64,7 @@ def test_one_inner_step_is_a_hand_computed_sgd_step():
 def meta_loss_at(maml, flat, names, shapes, tasks):
     """Meta-loss as a function of a flat vector of all parameters, for finite differences."""
     params, offset = {}, 0
-    for name, shape in zip(names, shapes):
+    for name, shape in zip(names, shapes, strict=True):
         size = int(np.prod(shape))
         params[name] = flat[offset:offset + size].reshape(shape)
         offset += size
@@ -144,7 +145,7 @@ def test_masked_padding_changes_nothing():
         loss.mean().backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     assert torch.allclose(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1]):
+    for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.allclose(a, b)
 
 
@@ -164,7 +165,7 @@ def test_vmapped_and_looped_tasks_give_the_same_losses_and_gradients(first_order
         losses.append(loss.detach())
         grads.append([p.grad.clone() for p in model.parameters()])
     assert torch.allclose(losses[0], losses[1])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
 
 

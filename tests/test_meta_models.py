@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from thaw.data.schema import Interactions
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_preference_clusters, make_synthetic
 from thaw.eval.protocol import evaluate
-from thaw.models.base import Context, make_model
-from thaw.data.schema import Interactions
+from thaw.models.base import Context
+from thaw.registry import make_model
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def test_hml_with_one_init_per_cluster_beats_maml_at_k3(planted):
     assert min(sizes) > 0.05 * sum(sizes)
     assert mae["hml"] < mae["maml"] - 0.05
     comp = result.comparisons
-    lead = comp[(comp["metric"] == "mae") & (comp["other"] == "maml")]
-    assert lead["best"].iloc[0] == "hml" and bool(lead["significant"].iloc[0])
+    lead = comp[(comp["metric"] == "mae") & (comp["model_a"] == "hml") & (comp["model_b"] == "maml")]
+    assert lead["better"].iloc[0] == "hml" and bool(lead["significant"].iloc[0])  # Holm-corrected
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,10 @@ def test_batch_scoring_equals_one_by_one_and_new_items_are_scored(name, small_sp
     model.fit(small_split.train)
     users = list(small_split.test)[:3]
     contexts = [Context(None, small_split.test[u].take(slice(0, k)), small_split.train.profile(u))
-                for u, k in zip(users, (1, 3, 0))]
+                for u, k in zip(users, (1, 3, 0), strict=True)]
     items = [np.arange(10), np.arange(5, 25), np.arange(40)]
     batched = model.score_many(contexts, items)
-    for ctx, its, out in zip(contexts, items, batched):
+    for ctx, its, out in zip(contexts, items, batched, strict=True):
         assert np.allclose(model.score(ctx, its), out, atol=1e-5)
         assert np.all(np.isfinite(out))
 

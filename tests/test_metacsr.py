@@ -13,7 +13,8 @@ from test_sequential import walking_dataset
 from thaw.data.splits import make_split
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.meta.metacsr import DiffusionRepresenter, MaskedSelfAttention, position_masks
-from thaw.models.base import Context, make_model, model_names
+from thaw.models.base import Context
+from thaw.registry import make_model, model_names
 
 VARIANTS = ["metacsr", "metacsr-nodiffusion", "metacsr-noseq", "metacsr-nometa"]
 SMALL = {"dim": 16, "epochs": 1, "batch_size": 16}

@@ -12,7 +12,8 @@ from thaw.data.splits import by_user, chronological_order, make_split
 from thaw.data.synthetic import make_step_walks
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.meta.metatl import TransitionNet, TransitionTasks, margin_loss
-from thaw.models.base import Context, make_model, model_names
+from thaw.models.base import Context
+from thaw.registry import make_model, model_names
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,10 @@ def fitted(walks):
 
 def _pairs(heads, tails, size=5):
     n = len(heads)
-    pad = lambda v: torch.tensor(list(v) + [0] * (size - n))
+
+    def pad(v):
+        return torch.tensor(list(v) + [0] * (size - n))
+
     return {"pair_head": pad(heads), "pair_tail": pad(tails),
             "pair_mask": torch.tensor([1.0] * n + [0.0] * (size - n))}
 

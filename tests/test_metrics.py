@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from thaw.eval.metrics import (bootstrap_interval, graded_ndcg, rating_errors, ranking_metrics,
-                               target_rank)
+from thaw.eval.metrics import bootstrap_interval, graded_ndcg, ranking_metrics, rating_errors, target_rank
 
 
 def test_rank_counts_strictly_higher_and_tied_scores_against_the_target():

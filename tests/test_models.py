@@ -8,8 +8,9 @@ from conftest import history, tiny_dataset
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 from thaw.eval.protocol import evaluate
-from thaw.models.base import Context, make_model, model_names
+from thaw.models.base import Context
 from thaw.models.mf import explicit_fold_in, implicit_fold_in
+from thaw.registry import make_model, model_names
 
 BASELINES = ["random", "pop", "segment-pop", "content", "mf", "bpr"]
 

@@ -17,8 +17,8 @@ import thaw
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 from thaw.errors import ThawError
-from thaw.models import base
-from thaw.models.base import Context, Recommender, make_model, model_names
+from thaw.models.base import Context, Recommender
+from thaw.registry import MODELS, make_model, model_names
 
 FEATURE_NETS = ("melu", "maml", "fomaml", "hml", "finetune", "widedeep", "deepfm")
 METACSR = ("metacsr", "metacsr-nodiffusion", "metacsr-noseq", "metacsr-nometa")
@@ -106,6 +106,7 @@ def test_dict_keys_keep_their_types(split, tmp_path):
 class Holder(Recommender):
     """A router-like model: fitted members in ``self.members`` plus every kind of data."""
 
+    name = "test-holder"
     _transient = ("cache",)
 
     def __init__(self) -> None:
@@ -131,7 +132,7 @@ class Holder(Recommender):
 
 @pytest.fixture
 def holder(monkeypatch):
-    monkeypatch.setitem(base._FACTORIES, "test-holder", Holder)
+    monkeypatch.setitem(MODELS, "test-holder", Holder)
     return Holder()
 
 

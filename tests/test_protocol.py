@@ -7,8 +7,19 @@ import pandas as pd
 import pytest
 
 from thaw.data.splits import make_split
-from thaw.eval.protocol import (DegenerateResultWarning, SplitValidator, episodes, evaluate)
-from thaw.models.base import Recommender, make_model
+from thaw.errors import ThawError
+from thaw.eval.protocol import (
+    DegenerateResultWarning,
+    EvalResult,
+    SplitValidator,
+    compare,
+    episodes,
+    evaluate,
+    holm,
+    summarise,
+)
+from thaw.models.base import Recommender
+from thaw.registry import make_model
 
 
 class Spy(Recommender):
@@ -48,17 +59,19 @@ def test_no_held_out_users_data_reaches_fit_and_contexts_hold_only_the_support(s
     fitted = spy.fit_data.interactions
     held = set(split.val) | set(split.test)
     assert not (set(fitted.user.tolist()) & held)
-    scored_test = [c for c in spy.contexts if c.history.user.size and int(c.history.user[0]) in split.test]
-    assert scored_test
-    for ctx in scored_test:
-        user = int(ctx.history.user[0])
+    # Test contexts come K by K in episode order; they hold the support and nothing more.
+    expected = [e for k in (1, 3) for e in episodes(split, "test", k, "next-item", max_k=3)]
+    assert expected and len(spy.contexts) == len(expected)
+    for ctx, ep in zip(spy.contexts, expected, strict=True):
         k = len(ctx.history)
-        assert k in (1, 3) and ctx.user is None
-        assert np.array_equal(ctx.history.item, split.test[user].item[:k])
+        assert k == ep.k and ctx.user is None
+        assert np.array_equal(ctx.history.item, split.test[ep.user].item[:k])
+        assert np.all(ctx.history.user == -1)  # the held-out user's id never travels
     # The validator only ever shows validation users.
-    assert all(int(c.history.user[0]) in split.test for c in spy.contexts)
-    val_users = {int(c.history.user[0]) for c in spy.validation_contexts}
-    assert spy.validated == 1 and val_users and val_users <= set(split.val)
+    shown = [(len(c.history), tuple(c.history.item)) for c in spy.validation_contexts]
+    val_eps = [e for k in (1, 3) for e in episodes(split, "val", k, "next-item", max_k=3)]
+    assert spy.validated == 1 and shown
+    assert shown == [(e.k, tuple(split.val[e.user].item[:e.k])) for e in val_eps]
 
 
 def test_every_k_scores_the_same_users(synthetic):
@@ -108,7 +121,79 @@ def test_results_table_is_tidy_with_intervals_and_comparisons(synthetic):
     assert (table["low"] <= table["value"] + 1e-12).all() and (table["value"] <= table["high"] + 1e-12).all()
     assert set(result.per_user["model"]) == {"random", "pop", "content"}
     comp = result.comparisons
-    assert set(comp.columns) >= {"K", "metric", "best", "other", "p_value", "significant"}
+    assert list(comp.columns) == ["K", "metric", "model_a", "model_b", "better", "test", "users",
+                                  "diff", "p_value", "p_holm", "significant"]
+    # Every pair of the three models, at each K and metric, over every test user.
+    pairs = comp.groupby(["K", "metric"]).apply(
+        lambda g: sorted(tuple(sorted(p)) for p in zip(g["model_a"], g["model_b"], strict=True)),
+        include_groups=False)
+    assert len(pairs) == 2 * 5
+    assert all(p == [("content", "pop"), ("content", "random"), ("pop", "random")] for p in pairs)
+    assert (comp["test"] == "wilcoxon").all() and (comp["users"] == result.meta["test_users"]).all()
+    assert (comp["p_holm"] >= comp["p_value"]).all()
+    assert (comp["significant"] == (comp["p_holm"] < 0.05)).all()
+
+
+def _planted_per_user(n_users, models=("a", "b", "c")):
+    """ndcg@10 at K = 1 where a > b > c for every user, each difference a different size."""
+    rows = []
+    for u in range(n_users):
+        base = 0.5 + 0.01 * u
+        values = {"a": base, "b": base - 0.01 * (u + 1), "c": base - 0.013 * (u + 1) - 0.005}
+        rows += [(m, 1, u, "ndcg@10", values[m]) for m in models]
+    return pd.DataFrame(rows, columns=["model", "K", "user", "metric", "value"])
+
+
+def test_holm_correction_by_hand():
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; kept non-decreasing: 0.06 for the last.
+    assert np.allclose(holm([0.04, 0.01, 0.03]), [0.06, 0.03, 0.06])
+    assert np.allclose(holm([0.5, 0.9]), [1.0, 1.0])  # 2 x 0.5 capped at 1; 0.9 may not fall below
+    assert np.allclose(holm([0.02]), [0.02])
+    # Six users, a above b above c for each: every exact two-sided Wilcoxon p is 2 / 2^6, and
+    # Holm over the three pairs of the family triples each (all tied at the smallest).
+    comp = compare(_planted_per_user(6))
+    assert len(comp) == 3
+    assert np.allclose(comp["p_value"], 2 / 2 ** 6) and np.allclose(comp["p_holm"], 3 * 2 / 2 ** 6)
+    assert not comp["significant"].any()  # raw p = 0.031, corrected 0.094
+    first = comp.iloc[0]
+    assert (first["model_a"], first["model_b"], first["better"]) == ("a", "b", "a")
+    assert np.isclose(first["diff"], np.mean([0.01 * (u + 1) for u in range(6)]))
+    # Two named pairs: a family of two, so the corrected p doubles.
+    named = compare(_planted_per_user(6), pairs=[("c", "a"), ("b", "c")])
+    assert [tuple(p) for p in named[["model_a", "model_b"]].to_numpy()] == [("c", "a"), ("b", "c")]
+    assert list(named["better"]) == ["a", "b"] and (named["diff"].iloc[0] < 0)
+    assert np.allclose(named["p_holm"], 2 * 2 / 2 ** 6)
+
+
+def test_compare_writes_only_the_named_pairs(synthetic):
+    split = make_split(synthetic, "new-user", seed=0)
+    result = evaluate(["random", "pop", "content"], split, ks=(1, 3), progress=False,
+                      n_bootstrap=20, pairs=[("pop", "content")])
+    comp = result.comparisons
+    assert set(zip(comp["model_a"], comp["model_b"], strict=True)) == {("pop", "content")}
+    assert len(comp) == 2 * 5 and np.allclose(comp["p_holm"], comp["p_value"])  # a family of one
+    with pytest.raises(ThawError, match="unicorn"):
+        evaluate(["random", "pop"], split, ks=(1,), progress=False, pairs=[("pop", "unicorn")])
+
+
+@pytest.mark.parametrize("n_users, starred", [(6, False), (7, True)])
+def test_report_star_uses_the_holm_corrected_p(n_users, starred):
+    from thaw.eval.report import _metric_table
+
+    per_user = _planted_per_user(n_users)
+    comp = compare(per_user)
+    best = comp[comp["better"] == "a"]
+    assert (best["p_value"] < 0.05).all()  # raw p: a leads both significantly at either size
+    assert bool(best["significant"].all()) == starred  # Holm: 3 x 0.031 > 0.05 > 3 x 0.016
+    result = EvalResult(summarise(per_user, n_bootstrap=20), per_user, comp,
+                        pd.DataFrame(columns=["model", "fit_seconds", "score_seconds"]),
+                        meta={"protocol": "next-item"})
+    page = _metric_table(result, "ndcg@10")
+    assert "<b>" in page and ("<sup>*</sup>" in page) == starred
+    # Without the pair a-c compared, the lead over c is unproven: no mark.
+    partial = EvalResult(result.table, per_user, compare(per_user, pairs=[("a", "b")]),
+                         result.timings, meta={"protocol": "next-item"})
+    assert "<sup>*</sup>" not in _metric_table(partial, "ndcg@10")
 
 
 def test_rating_protocol_reports_errors_only_for_rating_models(synthetic):

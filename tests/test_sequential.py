@@ -10,7 +10,8 @@ from conftest import history
 from thaw.data.schema import Dataset
 from thaw.data.splits import make_split
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
-from thaw.models.base import Context, make_model, model_names
+from thaw.models.base import Context
+from thaw.registry import make_model, model_names
 
 SEQUENTIAL = ["sasrec", "gru4rec"]
 

@@ -1,6 +1,9 @@
 """Splits: held-out users and items never reach fit; orders and negatives are fixed by seed."""
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import tiny_dataset
@@ -9,7 +12,7 @@ from thaw.errors import DataError, ThawError
 
 
 def _pairs(inter):
-    return set(zip(inter.user.tolist(), inter.item.tolist(), inter.ts.tolist()))
+    return set(zip(inter.user.tolist(), inter.item.tolist(), inter.ts.tolist(), strict=False))
 
 
 def test_new_user_split_keeps_every_held_out_users_data_out_of_training(synthetic):
@@ -146,3 +149,114 @@ def test_external_split_missing_column_and_unknown_dataset_ids(tmp_path, synthet
     assert info.value.line == 3
     with pytest.raises(DataError, match="no interactions.csv"):
         read_split_folder(tmp_path / "absent")
+
+
+@pytest.mark.filterwarnings("ignore::thaw.data.splits.MissingFeaturesWarning")
+@pytest.mark.parametrize("negatives, message, line", [
+    (["t1,i0", "t1,i3", "v1,i1"], "no negative for user 't1'.*interactions.csv line 2", 3),  # target
+    (["t1,i0", "t1,i4", "v1,i1"], "no negative for user 't1'.*interactions.csv line 4", 3),  # later
+    (["t1,i0", "v1,i1", "v1,i2"], "no negative for user 'v1'", 4),
+    (["t1,i0", "v1,i1", "t1,i0"], "'i0' is listed twice for user 't1'", 4),
+])
+def test_external_negatives_never_name_the_users_own_items_nor_repeat(tmp_path, negatives, message,
+                                                                      line):
+    rows = ["t1,i3,5,10,test", "t1,i1,2,20,test", "t1,i4,3,30,test", "v1,i2,4,1,val",
+            "v1,i0,3,2,val", "w,i1,4,1,train"]
+    folder = _write_external(tmp_path / "n", rows, negatives)
+    with pytest.raises(DataError, match=message) as info:
+        read_split_folder(folder)
+    assert info.value.line == line and info.value.column == "item"
+    assert info.value.file.endswith("negatives.csv")
+
+
+def _write_features(folder, users=None, items=None):
+    if users is not None:
+        (folder / "users.csv").write_text("\n".join(users) + "\n")
+    if items is not None:
+        (folder / "items.csv").write_text("\n".join(items) + "\n")
+
+
+FEATURE_ROWS = ["w,i0,4,1,train", "w,i1,3,2,train", "t,i1,5,7,test", "t,i2,5,8,test"]
+
+
+def test_external_split_carries_its_own_users_and_items(tmp_path):
+    from thaw.data.splits import MissingFeaturesWarning
+
+    bare = _write_external(tmp_path / "bare", FEATURE_ROWS)
+    with pytest.warns(MissingFeaturesWarning, match="no user features.*no item features.*--dataset"):
+        read_split_folder(bare)
+    folder = _write_external(tmp_path / "f", FEATURE_ROWS)
+    _write_features(folder, ["user,gender,age,occupation", "w,F,31,writer", "t,M,,"],
+                    ['item,title,genres,year', 'i0,"Dogs, cats",Comedy|Drama,1995',
+                     "i1,Space,Sci-Fi,", "i2,Rain,,1990", "i9,Never rated,Drama,2001"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingFeaturesWarning)
+        split = read_split_folder(folder)
+    data = split.train
+    w, t = (int(np.flatnonzero(data.user_ids == u)[0]) for u in ("w", "t"))
+    assert data.profile(w) == {"gender": "F", "age": 31.0, "occupation": "writer"}
+    assert data.profile(t) == {"gender": "M"}
+    items = data.item_features.set_index(pd.Index(data.item_ids))
+    assert items.loc["i0", "title"] == "Dogs, cats" and items.loc["i0", "genres"] == ("Comedy", "Drama")
+    assert items.loc["i2", "genres"] == () and items.loc["i2", "year"] == 1990.0
+    assert "i9" in set(data.item_ids)  # in the catalogue though nobody rated it yet
+    # Only the users file: the warning names what is still missing.
+    only_users = _write_external(tmp_path / "u", FEATURE_ROWS)
+    _write_features(only_users, ["user,gender", "w,F", "t,M"])
+    with pytest.warns(MissingFeaturesWarning, match="no item features") as record:
+        read_split_folder(only_users)
+    assert "no user features" not in str(record[0].message)
+
+
+def test_external_split_features_replace_the_data_sets(tmp_path, synthetic):
+    rows = ["u1,i1,4,1,train", "u1,i2,4,2,train", "u2,i3,3,3,test", "u2,i4,3,4,test"]
+    folder = _write_external(tmp_path / "d", rows)
+    _write_features(folder, items=["item,title", "i1,First", "i3,Third"])
+    split = read_split_folder(folder, synthetic)
+    assert list(split.train.item_features.columns) == ["title"]
+    assert split.train.item_features["title"].iloc[synthetic.item_index(["i3"])[0]] == "Third"
+    assert split.train.user_features.equals(synthetic.user_features)
+
+
+@pytest.mark.parametrize("users, items, file, message, line, column", [
+    (["id,gender", "w,F"], None, "users.csv", "missing column 'user'", 1, "user"),
+    (["user,gender", "w,F", "w,M"], None, "users.csv", "user listed twice", 3, "user"),
+    (["user,age", "w,31", "t,old"], None, "users.csv", "age is not a number", 3, "age"),
+    (["user,age", ",31"], None, "users.csv", "missing user id", 2, "user"),
+    (None, ["item,title,year", "i0,A,1990", "i1,B,soon"], "items.csv", "year is not a number", 3, "year"),
+    (None, ["item,title", "i0,A,extra"], "items.csv", "malformed line", 2, None),
+])
+def test_external_feature_files_errors_name_file_line_and_column(tmp_path, users, items, file,
+                                                                 message, line, column):
+    folder = _write_external(tmp_path / "e", FEATURE_ROWS)
+    _write_features(folder, users, items)
+    with pytest.raises(DataError, match=message) as info:
+        read_split_folder(folder)
+    assert info.value.file.endswith(file)
+    assert info.value.line == line and info.value.column == column
+
+
+def test_external_feature_ids_must_be_known_with_a_data_set(tmp_path, synthetic):
+    folder = _write_external(tmp_path / "k", ["u1,i1,4,1,train", "u2,i3,3,3,test"])
+    _write_features(folder, ["user,gender", "u1,F", "stranger,M"])
+    with pytest.raises(DataError, match="unknown user id") as info:
+        read_split_folder(folder, synthetic)
+    assert info.value.line == 3 and info.value.column == "user"
+
+
+@pytest.mark.filterwarnings("ignore::thaw.data.splits.MissingFeaturesWarning")
+def test_pos_fixes_the_order_models_train_on(tmp_path):
+    from thaw.meta.metacsr import SequenceTasks
+
+    # ts says i0, i1, i2, i3 for the training user; pos says i3, i1, i0, i2.
+    rows = ["w,i0,4,1,train,2", "w,i1,4,2,train,1", "w,i2,4,3,train,3", "w,i3,4,4,train,0",
+            "t,i1,5,7,test,0", "t,i2,5,8,test,1"]
+    folder = _write_external(tmp_path / "o", rows, header="user,item,rating,ts,role,pos")
+    split = read_split_folder(folder)
+    train = split.train.interactions
+    assert train.pos is not None
+    ordered = train.take(chronological_order(train, 0))
+    assert [split.train.item_ids[i] for i in ordered.item] == ["i3", "i1", "i0", "i2"]
+    tasks = SequenceTasks(split.train, max_len=5, max_query=2, n_negatives=1, seed=0)
+    (sequence,) = tasks.sequences.values()
+    assert [split.train.item_ids[i] for i in sequence] == ["i3", "i1", "i0", "i2"]

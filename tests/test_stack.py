@@ -8,7 +8,8 @@ import pytest
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 from thaw.eval.protocol import SplitValidator, episodes, evaluate, score_episodes
-from thaw.models.base import Context, Recommender, make_model, top_n
+from thaw.models.base import Context, Recommender, top_n
+from thaw.registry import make_model
 from thaw.stack import Stack
 from thaw.stack.router import band_of, simplex
 
@@ -191,3 +192,15 @@ def test_bands_and_blend_grid():
     assert np.allclose(grid.sum(axis=1), 1) and (grid > 0).all() and len(grid) == 36
     with pytest.raises(Exception, match="no band"):
         band_of(0, ((1, None),))
+
+
+def test_minus_infinity_ranks_last_without_tripping_the_breaker():
+    from thaw.stack.router import _checked, normalise
+
+    scores = np.array([3.0, -np.inf, 1.0, 2.0])
+    z = normalise(scores)
+    assert np.isfinite(z).all() and np.argmin(z) == 1 and np.argsort(-z).tolist() == [0, 3, 2, 1]
+    assert _checked(scores, np.arange(4), "next-item") is not None
+    assert _checked(scores, np.arange(4), "rating") is None
+    assert _checked(np.array([1.0, np.nan, 0, 0]), np.arange(4), "next-item") is None
+    assert _checked(np.array([1.0, np.inf, 0, 0]), np.arange(4), "next-item") is None

@@ -1,18 +1,51 @@
-"""thaw: recommendation for users and items with little or no history."""
+"""thaw: recommendation for users and items with little or no history.
+
+The public API, imported on first use (``import thaw`` stays light; the models pull in torch):
+
+- data: ``load_dataset``, ``make_split``, ``Interactions``
+- models: ``Context``, ``make_model``, ``model_names``, ``Stack``, ``load`` (a saved model)
+- evaluation: ``evaluate``
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from thaw.models.base import Recommender
+    from thaw.data.loaders import load_dataset
+    from thaw.data.schema import Interactions
+    from thaw.data.splits import make_split
+    from thaw.eval.protocol import evaluate
+    from thaw.models.base import Context
+    from thaw.models.persist import load
+    from thaw.registry import make_model, model_names
+    from thaw.stack import Stack
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "load_dataset": "thaw.data.loaders",
+    "make_split": "thaw.data.splits",
+    "Interactions": "thaw.data.schema",
+    "Context": "thaw.models.base",
+    "make_model": "thaw.registry",
+    "model_names": "thaw.registry",
+    "Stack": "thaw.stack",
+    "load": "thaw.models.persist",
+    "evaluate": "thaw.eval.protocol",
+}
+__all__ = ["Context", "Interactions", "Stack", "__version__", "evaluate", "load", "load_dataset",
+           "make_model", "make_split", "model_names"]
 
-def load(path: str | Path) -> Recommender:
-    """A model saved with ``Recommender.save``, ready to score (see thaw/models/persist.py)."""
-    from thaw.models.persist import load as load_model
 
-    return load_model(path)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # looked up once
+        return value
+    raise AttributeError(f"module 'thaw' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

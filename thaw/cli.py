@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,75 @@ def _parse_columns(text: str | None) -> dict[str, str] | None:
     return mapping
 
 
+def _parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
+    if not text:
+        return None
+    pairs = []
+    for part in _csv_list(text, "compare"):
+        a, sep, b = part.partition(":")
+        if not sep or not a.strip() or not b.strip() or ":" in b:
+            raise ThawError(f"--compare takes model pairs a:b, comma-separated (e.g. mf:bpr,metatl:metatl-nomaml), got '{part}'")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
+
+
+COMPARE_HELP = ("Model pairs to test, e.g. mf:bpr,metatl:metatl-nomaml (default: every pair); "
+                "comparisons.csv has each pair's Wilcoxon p, raw and Holm-corrected.")
+
+
+PARAM_HELP = ("A model's hyperparameter, MODEL.NAME=VALUE (e.g. sasrec.epochs=25, melu.hidden=32,32); "
+              "repeat the option or separate with commas. Recorded in results.json.")
+
+
+def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
+    """--param values by model, each read by the type its constructor declares. A piece
+    without '=' continues the value before it, so tuples take commas: melu.hidden=32,32."""
+    from thaw.registry import model_class, parse_param
+
+    pieces: list[str] = []
+    for text in texts or []:
+        for part in text.split(","):
+            if "=" in part or not pieces:
+                pieces.append(part)
+            else:
+                pieces[-1] += "," + part
+    params: dict[str, dict[str, Any]] = {}
+    for piece in pieces:
+        key, sep, value = piece.partition("=")
+        model, dot, name = key.strip().rpartition(".")
+        if not (sep and dot and model and name):
+            raise ThawError(f"--param takes MODEL.NAME=VALUE (e.g. sasrec.epochs=25), got '{piece.strip()}'")
+        model_class(model)  # an unknown model is an error naming the known ones
+        if model == "stack" and name == "members":
+            raise ThawError("--param cannot set the stack's members: they are the other models of "
+                            "--models (evaluate, run) or --members (fit)")
+        params.setdefault(model, {})[name] = parse_param(model, name, value)
+    return params
+
+
+def _check_params(params: Mapping[str, Any], names: list[str]) -> None:
+    from thaw.stack.router import FALLBACK
+
+    in_play = set(names) | ({FALLBACK} if "stack" in names else set())
+    stray = sorted(set(params) - in_play)
+    if stray:
+        raise ThawError(f"--param names {', '.join(stray)}, not among the models run "
+                        f"({', '.join(sorted(in_play))})")
+
+
+def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The run's models, each seeded with the run's seed (unless --param sets its seed) and made
+    with its --param values. The stack routes over the other models of the run and is learned from the fits they already
+    make; random is a sanity line, not a candidate."""
+    from thaw.registry import make_model
+
+    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if n != "stack"}
+    if "stack" in names:
+        members = [m for n, m in models.items() if n != "random"]
+        models["stack"] = make_model("stack", members=members, **{"seed": seed, **params.get("stack", {})})
+    return models
+
+
 def _echo_warnings(notes: list[str]) -> None:
     for note in notes:
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
@@ -72,7 +142,7 @@ def evaluate(
     split: Annotated[Path | None, typer.Option(help="External split folder (interactions.csv with role column, optional negatives.csv), used exactly as given.")] = None,
     split_kind: Annotated[str, typer.Option(help="new-user, new-item, both, temporal or warm (ignored with --split).")] = "new-user",
     item_strata: Annotated[str, typer.Option(help="new-item and both: training interactions a held-out item may keep (results by item stratum N).")] = "0",
-    candidates: Annotated[str, typer.Option(help="sampled (target + 100 negatives) or full (every item not in the support).")] = "sampled",
+    candidates: Annotated[str, typer.Option(help="sampled (target + 100 negatives) or full (target + every item the user never interacted with).")] = "sampled",
     test_frac: Annotated[float, typer.Option(help="Fraction of users (or items) held out for testing.")] = 0.2,
     val_frac: Annotated[float, typer.Option(help="Fraction held out for validation (model selection only).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed for the split, negatives, models and bootstrap.")] = 0,
@@ -80,20 +150,27 @@ def evaluate(
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid,rating=stars,ts=time.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
+    compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
 ) -> None:
     """Fit models on training users and evaluate them on held-out users, stratified by K."""
     from thaw.data.splits import make_split, read_split_folder
 
     ks_tuple = _parse_ks(ks)
+    pairs = _parse_pairs(compare)
+    params = _parse_params(param)
     if split is not None:
         data = _load(dataset, columns) if dataset is not None else None
-        the_split = read_split_folder(split, data, seed=seed)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. a split with no features
+            warnings.simplefilter("always")
+            the_split = read_split_folder(split, data, seed=seed)
+        _echo_warnings([str(w.message) for w in caught])
     else:
         data = _load(dataset or DEFAULT_DATASET, columns)
         the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed,
                                item_strata=_parse_ks(item_strata, "item-strata"))
     _run([protocol], [(the_split, _model_list(models))], ks_tuple, candidates, out, seed,
-         bootstrap, progress, jobs)
+         bootstrap, progress, jobs, pairs=pairs, params=params)
 
 
 @app.command()
@@ -104,12 +181,16 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
+    compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
 ) -> None:
     """thaw's main job: every model and the stack over them on the new-user split (K = 0, 1, 3,
     5, 10), then the models that can score new items on the new-item and both-cold splits
     (item strata N = 0, 1, 3, 5, 10); both protocols throughout."""
     from thaw.data.splits import make_split
 
+    pairs = _parse_pairs(compare)
+    params = _parse_params(param)
     data = _load(dataset, None)
     names = _model_list(models)
     runs = [(make_split(data, "new-user", seed=seed), names)]
@@ -117,7 +198,8 @@ def run(
     for kind in ("new-item", "both"):
         if item_names:
             runs.append((make_split(data, kind, seed=seed, item_strata=ITEM_STRATA), item_names))
-    _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs)
+    _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs,
+         pairs=pairs, params=params)
 
 
 def _load(dataset: str, columns: str | None):
@@ -127,7 +209,7 @@ def _load(dataset: str, columns: str | None):
 
 
 def _model_list(text: str) -> list[str]:
-    from thaw.models.base import model_names
+    from thaw.registry import model_names
 
     known = model_names()
     names = known if text.strip() == "all" else _csv_list(text, "models")
@@ -138,31 +220,40 @@ def _model_list(text: str) -> list[str]:
 
 
 def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidates: str,
-         out: Path, seed: int, bootstrap: int, progress: bool, jobs: int) -> None:
-    """Evaluate each (split, model names) under each protocol, print the tables, write results."""
+         out: Path, seed: int, bootstrap: int, progress: bool, jobs: int,
+         pairs: list[tuple[str, str]] | None = None,
+         params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Evaluate each (split, model names) under each protocol, print the tables, write results.
+    ``pairs`` (from --compare) are tested in every run that has both models; ``params`` (from
+    --param) go to the models they name, and every model's seed is ``seed``."""
     from thaw.eval.protocol import DegenerateResultWarning, evaluate
     from thaw.eval.report import format_tables, write_results
-    from thaw.models.base import make_model
+    from thaw.models.base import ModelSelectionSkipped
 
+    every = {n for _, names in runs for n in names}
+    unknown = sorted({m for pair in pairs or () for m in pair} - every)
+    if unknown:
+        raise ThawError(f"--compare names {', '.join(unknown)}, not among the models run")
+    params = dict(params or {})
+    _check_params(params, sorted({n for _, names in runs for n in names}))
     results = []
     for the_split, names in runs:
         typer.echo(the_split.describe())
         for protocol in protocols:
-            models = {name: make_model(name) for name in names if name != "stack"}
-            if "stack" in names:
-                # The stack routes over the other models of the run and is learned from the
-                # fits they already make; random is a sanity line, not a candidate.
-                models["stack"] = make_model("stack", members=[n for n in models if n != "random"])
+            models = _make_models(names, seed, params)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DegenerateResultWarning)
+                warnings.simplefilter("ignore", ModelSelectionSkipped)  # in result.warnings too
                 result = evaluate(models, the_split, protocol=protocol, ks=ks, candidates=candidates,
-                                  n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs)
+                                  n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs,
+                                  pairs=None if pairs is None else
+                                  [p for p in pairs if set(p) <= set(models)])
             typer.echo(format_tables(result))
             typer.echo("\nfit seconds: " + ", ".join(
-                f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"])))
+                f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
             _echo_warnings(result.warnings)
             results.append(result)
-    paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]])
+    paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]], params=params)
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -176,11 +267,13 @@ def fit(
     val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routing).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed for the validation users and the models.")] = 0,
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP.replace(" Recorded in results.json.", ""))] = None,
 ) -> None:
     """Fit one model on every user but the validation users and save it for `thaw recommend`."""
     from thaw.data.splits import make_split
     from thaw.eval.protocol import PROTOCOLS, SplitValidator
-    from thaw.models.base import make_model
+    from thaw.registry import make_model
+    from thaw.stack.router import DEFAULT_MEMBERS
 
     if protocol not in PROTOCOLS:
         raise ThawError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
@@ -188,11 +281,17 @@ def fit(
         raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
                         "the models' settings and the stack's routes")
     name = _model_list(model)[0]
+    params = _parse_params(param)
+    member_names = (_model_list(members) if members else list(DEFAULT_MEMBERS)) if name == "stack" else []
+    _check_params(params, [name, *member_names])
     data = _load(dataset, columns)
     the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
     typer.echo(the_split.describe())
-    kwargs = {"members": _model_list(members)} if members and name == "stack" else {}
-    the_model = make_model(name, **kwargs)
+    # A seed set with --param wins over --seed; stack members are made here, so that --param
+    # reaches them too.
+    made = {m: make_model(m, **{"seed": seed, **params.get(m, {})}) for m in member_names}
+    the_model = make_model(name, **{"seed": seed, **params.get(name, {})},
+                           **({"members": list(made.values())} if name == "stack" else {}))
     the_model.set_task(protocol)
     the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
     # The data set it was fitted on goes with it, so ids and titles resolve after loading.
@@ -302,7 +401,7 @@ def datasets() -> None:
 @app.command()
 def models() -> None:
     """Print the name of every model thaw has, one per line."""
-    from thaw.models.base import model_names
+    from thaw.registry import model_names
 
     for name in model_names():
         typer.echo(name)

@@ -15,8 +15,8 @@ def one_thread() -> Iterator[None]:
 
     thaw's networks and bandit updates are small: each operation takes microseconds, so handing
     work between threads costs more than it saves, and on a busy 2-core machine a second thread
-    spinning for a core makes training 10-20x slower (measured; see BENCHMARKS.md). Works as a
-    decorator too (``@one_thread()``).
+    spinning for a core makes training many times slower. Works as a decorator too
+    (``@one_thread()``).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

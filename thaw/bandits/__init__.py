@@ -7,10 +7,28 @@ Policies (``select(ctx, candidates, n)``, ``update(ctx, item, reward)``, ``save`
 
 from thaw.bandits.features import JoinedFeatures, ProfileFeatures, TableEncoder, VectorFeatures
 from thaw.bandits.linear import LinearTS, LinUCB
-from thaw.bandits.offline import (BanditLog, Estimate, ItemMeanReward, NonUniformLoggingWarning, doubly_robust, ips,
-                                  off_policy_estimates, read_log_csv, replay, snips)
-from thaw.bandits.policies import (Decision, DecisionLog, EpsilonGreedy, Policy, RandomPolicy, ThompsonBeta,
-                                   ThompsonGaussian, UCB1)
+from thaw.bandits.offline import (
+                                  BanditLog,
+                                  Estimate,
+                                  ItemMeanReward,
+                                  NonUniformLoggingWarning,
+                                  doubly_robust,
+                                  ips,
+                                  off_policy_estimates,
+                                  read_log_csv,
+                                  replay,
+                                  snips,
+)
+from thaw.bandits.policies import (
+                                  UCB1,
+                                  Decision,
+                                  DecisionLog,
+                                  EpsilonGreedy,
+                                  Policy,
+                                  RandomPolicy,
+                                  ThompsonBeta,
+                                  ThompsonGaussian,
+)
 from thaw.bandits.wrapper import ExploringRecommender, Slate
 
 __all__ = [

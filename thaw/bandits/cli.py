@@ -15,8 +15,16 @@ import typer
 
 from thaw.bandits.features import ProfileFeatures, TableEncoder, VectorFeatures
 from thaw.bandits.offline import BanditLog, ItemMeanReward, off_policy_estimates, read_log_csv, replay
-from thaw.bandits.simulate import (POLICY_NAMES, BanditWorld, make_policy, ml100k_world, parse_policies,
-                                   plot_regret, simulate, synthetic_world)
+from thaw.bandits.simulate import (
+    POLICY_NAMES,
+    BanditWorld,
+    make_policy,
+    ml100k_world,
+    parse_policies,
+    plot_regret,
+    simulate,
+    synthetic_world,
+)
 from thaw.errors import ThawError
 
 
@@ -65,7 +73,7 @@ def bandit_sim(
         "command": " ".join(["thaw"] + sys.argv[1:]) if sys.argv else "",
         "dataset": dataset, "policies": names, "horizon": horizon, "seeds": result.seeds,
         "world": world.description, "world_info": world.info,
-        "final_regret": {n: dict(zip(("mean", "low", "high"), _band(result.regret[n][:, -1])))
+        "final_regret": {n: dict(zip(("mean", "low", "high"), _band(result.regret[n][:, -1]), strict=False))
                          for n in names},
         "decisions_per_second": {n: float(np.mean(v)) for n, v in result.decisions_per_second.items()},
         "versions": _versions(),

@@ -54,7 +54,8 @@ class TableEncoder:
             elif s["kind"] == "bands":
                 self._index.append({})
                 edges = s["edges"]
-                labels = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]:g}"]
+                inner = [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:], strict=False)]
+                labels = [f"<{edges[0]:g}", *inner, f">={edges[-1]:g}"]
                 self.names += [f"{s['column']}:{lab}" for lab in labels]
             elif s["kind"] == "scaled":
                 self._index.append({})
@@ -102,7 +103,7 @@ class TableEncoder:
         if self.bias:
             out[0] = 1.0
             pos = 1
-        for s, index in zip(self.spec, self._index):
+        for s, index in zip(self.spec, self._index, strict=False):
             value = row.get(s["column"]) if hasattr(row, "get") else None
             kind = s["kind"]
             if kind == "onehot":

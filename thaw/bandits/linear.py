@@ -18,8 +18,15 @@ from typing import Any, Self
 import numpy as np
 
 from thaw.bandits.features import FeatureMap, feature_map_from_state
-from thaw.bandits.policies import (Policy, Sampler, _index_probabilities, _index_slate, _normal_sampler, as_candidates,
-                                  sampled_slate)
+from thaw.bandits.policies import (
+    Policy,
+    Sampler,
+    _index_probabilities,
+    _index_slate,
+    _normal_sampler,
+    as_candidates,
+    sampled_slate,
+)
 from thaw.errors import ThawError
 from thaw.models.base import Context
 

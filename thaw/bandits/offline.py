@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from thaw.compute import one_thread
 from thaw.bandits.policies import Policy, as_candidates
+from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.errors import DataError, ThawError
 from thaw.models.base import Context
@@ -340,7 +340,7 @@ def read_log_csv(path: str | Path, dataset: Dataset | None = None) -> tuple[Band
     cand_lists: list[list[str]] | None = None
     if "candidates" in frame.columns:
         cand_lists = [[t for t in cell.replace("|", " ").split() if t] for cell in frame["candidates"]]
-        for i, (cands, it) in enumerate(zip(cand_lists, raw_items)):
+        for i, (cands, it) in enumerate(zip(cand_lists, raw_items, strict=False)):
             if it not in cands:
                 raise DataError(f"logged item {it!r} is not among the event's candidates",
                                 file=str(path), line=i + 2, column="candidates")

@@ -57,7 +57,7 @@ class DecisionLog:
 
     def record(self, decision_no: int, ctx: Context, decision: Decision) -> None:
         user = -1 if ctx.user is None else int(ctx.user)
-        for slot, (item, p) in enumerate(zip(decision.items, decision.propensities)):
+        for slot, (item, p) in enumerate(zip(decision.items, decision.propensities, strict=False)):
             self._pending[int(item)] = len(self.rows)
             self.rows.append([decision_no, slot, user, int(item), float(p), decision.n_candidates, np.nan])
 

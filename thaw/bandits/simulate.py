@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from thaw.compute import one_thread
 from thaw.bandits.features import FeatureMap, JoinedFeatures, ProfileFeatures, TableEncoder, VectorFeatures
 from thaw.bandits.linear import LinearTS, LinUCB
-from thaw.bandits.policies import EpsilonGreedy, Policy, RandomPolicy, ThompsonBeta, UCB1
+from thaw.bandits.policies import UCB1, EpsilonGreedy, Policy, RandomPolicy, ThompsonBeta
+from thaw.compute import one_thread
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
 from thaw.models.base import Context
@@ -83,15 +83,32 @@ class RunResult:
         return len(self.regret) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def run_policy(world: BanditWorld, policy: Policy, horizon: int, seed: int,
-               tick: Callable[[int], None] | None = None) -> RunResult:
-    """Play ``horizon`` rounds of ``world`` with ``policy``; the world's randomness comes from ``seed``."""
+def _draws(world: BanditWorld, horizon: int, seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The world's generator for ``seed``, the arriving users and the true rewards (the
+    fixed per-pair draws under "bernoulli-pair", else the expected rewards)."""
     env = np.random.default_rng([int(seed), 0xB4D17])
-    n_users, n_items = world.expected.shape
-    arrivals = env.choice(n_users, size=horizon, p=world.user_probs)
+    arrivals = env.choice(world.n_users, size=horizon, p=world.user_probs)
     truth = world.expected
     if world.noise == "bernoulli-pair":
         truth = (env.random(truth.shape) < truth).astype(np.float64)
+    return env, arrivals, truth
+
+
+def best_fixed_item_regret(world: BanditWorld, horizon: int, seed: int) -> float:
+    """Regret per round of the best single item shown to every arriving user, against the
+    oracle, on exactly the users and rewards ``run_policy`` draws for ``seed``: the floor a
+    policy that ignores who the user is cannot go below (all items candidates every round)."""
+    _, arrivals, truth = _draws(world, horizon, seed)
+    visits = np.bincount(arrivals, minlength=world.n_users).astype(np.float64)
+    per_item = visits @ (truth.max(axis=1)[:, None] - truth) / horizon
+    return float(per_item.min())
+
+
+def run_policy(world: BanditWorld, policy: Policy, horizon: int, seed: int,
+               tick: Callable[[int], None] | None = None) -> RunResult:
+    """Play ``horizon`` rounds of ``world`` with ``policy``; the world's randomness comes from ``seed``."""
+    env, arrivals, truth = _draws(world, horizon, seed)
+    n_users, n_items = world.expected.shape
     uniforms = env.random(horizon)
     gauss = env.standard_normal(horizon) if world.noise == "gaussian" else None
     col_of = np.full(int(world.items.max()) + 1, -1, dtype=np.int64)
@@ -292,7 +309,7 @@ def ml100k_world(dataset: Dataset | None = None, *, n_items: int = 300, holdout_
       band crossed with ``embedding_dim`` item embeddings: the principal components of the item
       factors of a second "mf" fitted on the warm users only (held-out ratings never reach it).
     """
-    from thaw.models.base import make_model
+    from thaw.registry import make_model
 
     if dataset is None:
         from thaw.data.loaders import load_dataset
@@ -343,7 +360,7 @@ def ml100k_world(dataset: Dataset | None = None, *, n_items: int = 300, holdout_
 
 def _warm_item_embeddings(dataset: Dataset, warm: Interactions, catalogue: np.ndarray, dim: int) -> np.ndarray:
     """[1, top-``dim`` principal components of warm-only "mf" item factors], unit variance on the catalogue."""
-    from thaw.models.base import make_model
+    from thaw.registry import make_model
 
     factors = np.asarray(make_model("mf").fit(dataset.with_interactions(warm)).item_factors, dtype=np.float64)
     centre = factors[catalogue].mean(axis=0)

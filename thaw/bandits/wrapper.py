@@ -36,17 +36,20 @@ class ExploringRecommender(Recommender):
 
     The policy only ever sees the model's top ``pool`` candidates, so exploration stays among
     items the model already finds plausible. Slots after the explored ones follow the model's
-    ranking deterministically (propensity 1 given the explored picks).
+    ranking deterministically (propensity 1 given the explored picks). Items the model scores
+    alike are ordered by a shuffle drawn per request from ``seed``, never by item id, which
+    would hand low ids the slots and the policy's pool.
     """
 
     def __init__(self, model: Recommender, policy: Policy, n_explore: int = 2, pool: int = 50,
-                 log: DecisionLog | None = None) -> None:
+                 log: DecisionLog | None = None, seed: int = 0) -> None:
         if n_explore < 0:
             raise ThawError(f"n_explore must be >= 0, got {n_explore}")
         if pool < 1:
             raise ThawError(f"pool must be >= 1, got {pool}")
         self.model, self.policy = model, policy
         self.n_explore, self.pool = int(n_explore), int(pool)
+        self.rng = np.random.default_rng(seed)
         self.name = f"{getattr(model, 'name', 'model')}+{policy.name}"
         self.predicts_ratings = getattr(model, "predicts_ratings", False)
         if log is not None:
@@ -74,7 +77,7 @@ class ExploringRecommender(Recommender):
         scores = np.asarray(self.model.score(ctx, cands), dtype=np.float64)
         if scores.shape != cands.shape:
             raise ThawError(f"model '{self.model.name}' returned {scores.shape} scores for {cands.shape} items")
-        order = np.lexsort((cands, -scores))  # best first; ties by id so the ranking is deterministic
+        order = np.lexsort((self.rng.permutation(len(cands)), -scores))  # best first, ties shuffled
         ranked = cands[order]
         k = min(self.n_explore, n)
         picked = np.empty(0, dtype=np.int64)

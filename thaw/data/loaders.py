@@ -202,6 +202,57 @@ def load_table(path: str | Path, columns: dict[str, str] | None = None, sep: str
     return Dataset.from_frames(name or path.stem, ratings, source=str(path))
 
 
+# Feature columns read as numbers and as '|'-separated lists; every other column is text.
+NUMERIC_FEATURES = ("age", "year")
+LIST_FEATURES = ("genres",)
+
+
+def read_feature_table(path: str | Path, id_column: str, known: pd.Index | None = None) -> pd.DataFrame:
+    """Side features of users or items from a CSV with a header: ``id_column`` plus any feature
+    columns, as a frame indexed by raw id (a split folder's users.csv and items.csv).
+
+    ``age`` and ``year`` are numbers, ``genres`` is a '|'-separated list (e.g.
+    Action|Comedy), everything else is text (profile fields such as gender or occupation, item
+    text such as title or description for the content models); an empty value is missing.
+    A missing or duplicate id, a bad number and, with ``known``, an id outside it are errors
+    naming the file, line and column.
+    """
+    path = Path(path).expanduser()
+    data = _read_bytes(path)
+    encoding = _encoding(data)
+    sep = "\t" if path.suffix.lower() == ".tsv" else _sniff_sep(data, encoding)
+    table = _read_text(path, data, sep, encoding=encoding, quoted=b'"' in data)
+    if id_column not in table.frame.columns:
+        raise DataError(f"missing column '{id_column}'; the file has columns: "
+                        f"{', '.join(table.frame.columns)}", file=str(path),
+                        line=table.header_line, column=id_column)
+    ids = _ids(table, id_column, f"{id_column} id")
+    duplicated = ids.duplicated().to_numpy()
+    if duplicated.any():
+        raise table.error(int(np.argmax(duplicated)), id_column, f"{id_column} listed twice")
+    if known is not None:
+        unknown = known.get_indexer(ids) < 0
+        if unknown.any():
+            raise table.error(int(np.argmax(unknown)), id_column,
+                              f"unknown {id_column} id (not in the data set)")
+    out: dict[str, object] = {}
+    for column in table.frame.columns:
+        if column == id_column:
+            continue
+        text = _texts(table, column)
+        if column in NUMERIC_FEATURES:
+            values = pd.to_numeric(text.where(text != ""), errors="coerce")
+            bad = (values.isna() & (text != "")).to_numpy()
+            if bad.any():
+                raise table.error(int(np.argmax(bad)), column, f"{column} is not a number")
+            out[column] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif column in LIST_FEATURES:
+            out[column] = [tuple(p.strip() for p in v.split("|") if p.strip()) for v in text]
+        else:
+            out[column] = text.where(text != "", None).to_numpy(dtype=object)
+    return pd.DataFrame(out, index=ids.to_numpy())
+
+
 def available_datasets(cache_dir: str | Path | None = None) -> list[DatasetInfo]:
     """The named data sets and where each would be loaded from now (nothing is downloaded)."""
     infos = []

@@ -24,6 +24,10 @@ class Interactions:
     item: np.ndarray
     rating: np.ndarray
     ts: np.ndarray
+    pos: np.ndarray | None = None
+    """Each row's place in its user's order where the data fixes it (an external split's
+    ``pos`` column), else None. ``chronological_order`` sorts by it instead of ts, so every
+    model that orders training histories follows it."""
 
     def __post_init__(self) -> None:
         cols = {
@@ -39,6 +43,11 @@ class Interactions:
             if values.ndim != 1:
                 raise ValueError(f"Interactions.{name} must be one-dimensional")
             object.__setattr__(self, name, values)
+        if self.pos is not None:
+            pos = np.asarray(self.pos, dtype=np.float64)
+            if pos.shape != cols["item"].shape:
+                raise ValueError("Interactions.pos must have one value per row")
+            object.__setattr__(self, "pos", pos)
 
     @classmethod
     def empty(cls) -> Interactions:
@@ -61,11 +70,15 @@ class Interactions:
 
     def take(self, index: np.ndarray | slice) -> Interactions:
         """Rows selected by a boolean mask, an index array or a slice, in that order."""
-        return Interactions(self.user[index], self.item[index], self.rating[index], self.ts[index])
+        return Interactions(self.user[index], self.item[index], self.rating[index], self.ts[index],
+                            None if self.pos is None else self.pos[index])
 
     def concat(self, other: Interactions) -> Interactions:
+        if (self.pos is None) != (other.pos is None):
+            raise ValueError("cannot concatenate interactions with and without a fixed order (pos)")
+        pos = None if self.pos is None else np.concatenate([self.pos, other.pos])
         return Interactions(*(np.concatenate([getattr(self, c), getattr(other, c)]) for c in
-                              ("user", "item", "rating", "ts")))
+                              ("user", "item", "rating", "ts")), pos)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"user": self.user, "item": self.item, "rating": self.rating, "ts": self.ts})

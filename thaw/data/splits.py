@@ -9,12 +9,15 @@ stores whole seconds, and ordering ties by id would hand models a free signal.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from thaw.data.loaders import read_feature_table
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import DataError, ThawError
 
@@ -36,6 +39,10 @@ class Split:
     seed: int = 0
     item_strata: tuple[int, ...] = (0,)
     """Training interactions a held-out item may have (see ``make_split``)."""
+    seen: dict[int, np.ndarray] = field(default_factory=dict)
+    """Every item each validation and test user interacted with in the data the split was cut
+    from, in any role (training rows of a warm user, rows a both-cold split drops): no
+    negative, sampled or full-ranking, is ever one of them."""
 
     def sequences(self, part: str) -> dict[int, Interactions]:
         if part not in ("val", "test"):
@@ -49,9 +56,10 @@ class Split:
 
 
 def chronological_order(inter: Interactions, seed: int) -> np.ndarray:
-    """Row order by (user, ts) with ties inside one timestamp broken by a seeded shuffle."""
+    """Row order by (user, ts) with ties inside one timestamp broken by a seeded shuffle; by
+    (user, pos) instead when the interactions carry a fixed order (``Interactions.pos``)."""
     tiebreak = np.random.default_rng(seed).permutation(len(inter))
-    return np.lexsort((tiebreak, inter.ts, inter.user))
+    return np.lexsort((tiebreak, inter.ts if inter.pos is None else inter.pos, inter.user))
 
 
 def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
@@ -108,7 +116,8 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
     train = data.with_interactions(inter.take(train_mask), name=f"{data.name}:train")
     return Split(kind, train, parts[1], parts[2], negatives,
                  np.flatnonzero(held_items > 0), users_known=(kind == "new-item"), seed=seed,
-                 item_strata=tuple(sorted(set(item_strata) | {0})))
+                 item_strata=tuple(sorted(set(item_strata) | {0})),
+                 seen=items_by_user(inter, [*parts[1], *parts[2]]))
 
 
 def _item_support(inter: Interactions, u_role: np.ndarray, held_items: np.ndarray,
@@ -157,6 +166,15 @@ def by_user(inter: Interactions) -> dict[int, Interactions]:
     return {int(inter.user[s]): inter.take(slice(s, e)) for s, e in zip(starts, ends, strict=True)}
 
 
+def items_by_user(inter: Interactions, users: list[int]) -> dict[int, np.ndarray]:
+    """The sorted distinct items each of ``users`` interacted with in ``inter``."""
+    rows = np.flatnonzero(np.isin(inter.user, users))
+    rows = rows[np.lexsort((inter.item[rows], inter.user[rows]))]
+    found = by_user(inter.take(rows))
+    return {int(u): np.unique(found[u].item) if u in found else np.empty(0, dtype=np.int64)
+            for u in users}
+
+
 def _sample_negatives(users: list[int], pool: np.ndarray, inter: Interactions,
                       rng: np.random.Generator, n: int) -> dict[int, np.ndarray]:
     """For each user, n items from the pool they never interacted with (fewer if it is small).
@@ -198,7 +216,8 @@ def _temporal(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: 
         parts[name] = by_user(inter.take(np.isin(inter.user, members)))
         negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
     return Split("temporal", data.with_interactions(train, name=f"{data.name}:train"),
-                 parts["val"], parts["test"], negatives, seed=seed)
+                 parts["val"], parts["test"], negatives, seed=seed,
+                 seen=items_by_user(inter, [*parts["val"], *parts["test"]]))
 
 
 def _warm(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: float,
@@ -222,7 +241,8 @@ def _warm(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: floa
         negatives |= _sample_negatives(list(parts[role]), np.arange(data.n_items), inter, rng,
                                        n_negatives)
     train = data.with_interactions(inter.take(~held), name=f"{data.name}:train")
-    return Split("warm", train, parts[1], parts[2], negatives, users_known=True, seed=seed)
+    return Split("warm", train, parts[1], parts[2], negatives, users_known=True, seed=seed,
+                 seen=items_by_user(inter, [*parts[1], *parts[2]]))
 
 
 # --- external splits ---------------------------------------------------------------------
@@ -232,8 +252,14 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
     """A split supplied by the user, used exactly as given.
 
     ``interactions.csv`` has columns user,item,rating,ts,role (role: train/val/test) and may
-    have ``pos`` to fix each user's order; ``negatives.csv`` (user,item) is optional. When a
-    data set is given, its id space and features are used and unknown ids are an error.
+    have ``pos`` to fix each user's order, which every model that orders training histories
+    then follows (``Interactions.pos``); ``negatives.csv`` (user,item) is optional and may name
+    no item its user interacted with, nor one pair twice. When a data set is given, its id
+    space and features are used and unknown ids are an error. ``users.csv`` (column user) and
+    ``items.csv`` (column item) may carry the split's own side features, feature columns
+    beside the id (see ``thaw.data.loaders.read_feature_table``); they take the place of the
+    data set's. A split left with no user or no item features warns (MissingFeaturesWarning):
+    the models that read them would silently fall back to popularity.
     """
     folder = Path(folder)
     path = folder / "interactions.csv"
@@ -257,9 +283,7 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
     frame["user"] = frame["user"].astype(str).str.strip()
     frame["item"] = frame["item"].astype(str).str.strip()
 
-    if data is None:
-        data = Dataset.from_frames(folder.name, frame[["user", "item", "rating", "ts"]],
-                                   source=str(path))
+    data = _with_folder_features(folder, frame, data, path)
     user_index, item_index = pd.Index(data.user_ids), pd.Index(data.item_ids)
     users = _lookup(user_index, frame["user"], path, "user")
     items = _lookup(item_index, frame["item"], path, "item")
@@ -267,7 +291,9 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
     key = frame["pos"].to_numpy(dtype=float) if "pos" in frame.columns else frame["ts"].to_numpy()
     tiebreak = np.random.default_rng(seed).permutation(len(frame))
     order = np.lexsort((tiebreak, key, users))
-    inter = Interactions(users, items, frame["rating"].to_numpy(), frame["ts"].to_numpy(dtype=np.int64))
+    inter = Interactions(users, items, frame["rating"].to_numpy(), frame["ts"].to_numpy(dtype=np.int64),
+                         frame["pos"].to_numpy(dtype=float) if "pos" in frame.columns else None)
+    given = inter  # file order, to point at a line of interactions.csv
     inter = inter.take(order)
     role = roles.to_numpy()[order]
     for name in ("val", "test"):
@@ -283,6 +309,7 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         neg = _read_csv(neg_path, ("user", "item"))
         neg_users = _lookup(user_index, neg["user"].astype(str).str.strip(), neg_path, "user")
         neg_items = _lookup(item_index, neg["item"].astype(str).str.strip(), neg_path, "item")
+        _check_negatives(neg_users, neg_items, given, data, neg_path)
         for user in np.unique(neg_users):
             negatives[int(user)] = np.sort(neg_items[neg_users == user])
         missing = [u for name in ("val", "test") for u in parts[name] if u not in negatives]
@@ -295,7 +322,68 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         for name in ("val", "test"):
             negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
     train = data.with_interactions(inter.take(role == "train"), name=f"{data.name}:train")
-    return Split("external", train, parts["val"], parts["test"], negatives, seed=seed)
+    return Split("external", train, parts["val"], parts["test"], negatives, seed=seed,
+                 seen=items_by_user(inter, [*parts["val"], *parts["test"]]))
+
+
+class MissingFeaturesWarning(UserWarning):
+    """A split has no user or no item side features, so the models that read them cannot."""
+
+
+def _with_folder_features(folder: Path, frame: pd.DataFrame, data: Dataset | None,
+                          path: Path) -> Dataset:
+    """The data set of an external split: ``data`` or one built from the interactions, with
+    the folder's users.csv and items.csv as its side features when the folder has them."""
+    users_path, items_path = folder / "users.csv", folder / "items.csv"
+    if data is None:
+        users = read_feature_table(users_path, "user") if users_path.is_file() else None
+        items = read_feature_table(items_path, "item") if items_path.is_file() else None
+        data = Dataset.from_frames(folder.name, frame[["user", "item", "rating", "ts"]], users,
+                                   items, source=str(path))
+    else:
+        changes = {}
+        for attr, file, column, ids in (("user_features", users_path, "user", data.user_ids),
+                                        ("item_features", items_path, "item", data.item_ids)):
+            if file.is_file():
+                index = pd.Index(ids)
+                table = read_feature_table(file, column, known=index)
+                changes[attr] = table.reindex(index).reset_index(drop=True)
+        data = dataclasses.replace(data, **changes) if changes else data
+    lacking = []
+    if len(data.user_features.columns) == 0:
+        lacking.append("no user features (segment-pop gives popularity's scores and no model "
+                       "sees a profile)")
+    if len(data.item_features.columns) == 0:
+        lacking.append("no item features (content gives popularity's scores and the feature "
+                       "models see no genres or years)")
+    if lacking:
+        warnings.warn(f"split folder {folder} has {' and '.join(lacking)}; pass --dataset NAME "
+                      "with --split (the data set the split was cut from) or put users.csv and "
+                      "items.csv in the folder", MissingFeaturesWarning, stacklevel=3)
+    return data
+
+
+def _check_negatives(users: np.ndarray, items: np.ndarray, given: Interactions, data: Dataset,
+                     path: Path) -> None:
+    """A negative its user interacted with (in any role: their target, a later positive, a
+    training row) or a (user, item) pair listed twice is an error naming its line."""
+    pairs = users * data.n_items + items
+    first = np.unique(pairs, return_index=True)[1]
+    twice = np.ones(len(pairs), dtype=bool)
+    twice[first] = False
+    if twice.any():
+        row = int(np.flatnonzero(twice)[0])
+        raise DataError(f"item '{data.item_ids[items[row]]}' is listed twice for user "
+                        f"'{data.user_ids[users[row]]}'", file=str(path), line=row + 2, column="item")
+    touched = given.user * data.n_items + given.item
+    bad = np.isin(pairs, touched)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        where = int(np.flatnonzero(touched == pairs[row])[0]) + 2
+        raise DataError(f"item '{data.item_ids[items[row]]}' is no negative for user "
+                        f"'{data.user_ids[users[row]]}': they interacted with it "
+                        f"(interactions.csv line {where})", file=str(path), line=row + 2,
+                        column="item")
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:

@@ -61,13 +61,15 @@ def hidden_clusters(n_users: int = 120, n_clusters: int = 3, seed: int = 0) -> n
 
 
 def make_preference_clusters(n_users: int = 300, n_items: int = 60, n_clusters: int = 2,
-                             per_user: int = 20, noise: float = 0.3, seed: int = 0) -> Dataset:
+                             per_user: int = 20, noise: float = 0.3, seed: int = 0,
+                             return_clusters: bool = False) -> Dataset | tuple[Dataset, np.ndarray]:
     """Users in hidden clusters whose ratings follow different functions of item genres.
 
     Profiles carry no hint of the cluster and items are drawn uniformly, so neither
     popularity nor features alone tell a user's taste: only their own few ratings do. A
     meta-learner must recover a cluster's preference from K examples; HML, with one
-    initialisation per cluster, should do best.
+    initialisation per cluster, should do best. With ``return_clusters`` the hidden cluster of
+    each user (by the data set's internal user id) comes back too, to check a model against.
     """
     rng = np.random.default_rng(seed)
     n_genres = len(GENRES)
@@ -93,8 +95,11 @@ def make_preference_clusters(n_users: int = 300, n_items: int = 60, n_clusters: 
         "year": [1990.0] * n_items,
         "genres": [tuple(GENRES[g] for g in np.flatnonzero(item_genres[i])) for i in range(n_items)],
     }, index=[f"i{i}" for i in range(n_items)])
-    return Dataset.from_frames("preference-clusters", ratings_frame, users, items_frame,
+    data = Dataset.from_frames("preference-clusters", ratings_frame, users, items_frame,
                                rating_scale=(1.0, 5.0))
+    if not return_clusters:
+        return data
+    return data, cluster[[int(uid[1:]) for uid in data.user_ids]]
 
 
 def make_step_walks(n_users: int = 600, n_items: int = 400, length: tuple[int, int] = (6, 10),

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from thaw.data.splits import Split, item_stratum
 from thaw.errors import ThawError
-from thaw.eval.metrics import (bootstrap_interval, graded_ndcg, rating_errors, ranking_metrics,
-                               target_rank)
-from thaw.models.base import Context, Recommender, make_model
+from thaw.eval.metrics import bootstrap_interval, graded_ndcg, ranking_metrics, rating_errors, target_rank
+from thaw.models.base import Context, ModelSelectionSkipped, Recommender, selection_skipped_message
 
 PROTOCOLS = ("next-item", "rating")
 METRICS = {
@@ -63,7 +62,9 @@ def episodes(split: Split, part: str, k: int, protocol: str, *, max_k: int,
     for user, seq in split.sequences(part).items():
         if len(seq) <= max_k:
             continue
-        support = seq.take(slice(0, k))
+        # The support's rows carry no user id: a model knows who asks only through
+        # Context.user (None for a user it was not trained on).
+        support = replace(seq.take(slice(0, k)), user=np.full(k, -1))
         ctx = Context(user=user if split.users_known else None, history=support,
                       profile=split.train.profile(user))
         if protocol == "next-item":
@@ -71,14 +72,25 @@ def episodes(split: Split, part: str, k: int, protocol: str, *, max_k: int,
             if candidates == "sampled":
                 items = np.concatenate([[target], split.negatives[user]])
             else:
+                # Every item of the user's own history is out, not only the support and the
+                # target: their later positives and, on warm and new-item splits, training rows.
                 pool = split.held_items if len(split.held_items) else np.arange(split.train.n_items)
-                others = np.setdiff1d(pool, np.append(support.item, target))
+                others = np.setdiff1d(pool, np.union1d(seq.item, _own_items(split, user)))
                 items = np.concatenate([[target], others])
             out.append(Episode(user, k, ctx, items.astype(np.int64), np.empty(0)))
         else:
             query = seq.take(slice(k, None))
             out.append(Episode(user, k, ctx, query.item, query.rating))
     return out
+
+
+def _own_items(split: Split, user: int) -> np.ndarray:
+    """The items a held-out user interacted with anywhere in the split's data (``split.seen``;
+    for a Split built without it, their training rows)."""
+    if user in split.seen:
+        return split.seen[user]
+    train = split.train.interactions
+    return np.unique(train.item[train.user == user])
 
 
 def _check_protocol(protocol: str, candidates: str) -> None:
@@ -135,16 +147,35 @@ class SplitValidator:
     """Scores a model on validation users only: mean NDCG@10 (next-item) or -RMSE (rating)."""
 
     def __init__(self, split: Split, protocol: str, ks: Sequence[int] = DEFAULT_KS) -> None:
-        self.split, self.protocol = split, protocol
+        self.split, self.protocol, self.ks = split, protocol, tuple(ks)
         self.episodes = [e for k in ks for e in episodes(split, "val", k, protocol, max_k=max(ks))]
+        self.warned = False  # set once ModelSelectionSkipped has been given for this validator
+
+    @property
+    def empty(self) -> bool:
+        """No validation episode to select on: models fit as without a validator (see
+        ``thaw.models.base.usable_validator``) and say so once."""
+        return not self.episodes
+
+    @property
+    def reason(self) -> str | None:
+        if self.episodes:
+            return None
+        if not self.split.val:
+            return "the split has no validation users (--val-frac 0?)"
+        return (f"none of the split's {len(self.split.val)} validation users has more than "
+                f"{max(self.ks)} interactions (the largest K)")
 
     def episodes_at(self, ks: Sequence[int]) -> list[Episode]:
-        """Validation episodes at each K, from every validation user with more than K
-        interactions (what the stack learns its routing table from)."""
-        return [e for k in ks for e in episodes(self.split, "val", k, self.protocol, max_k=k)]
+        """Validation episodes at each K (what the stack learns its routing table from), from
+        the validation users the evaluation's own K would keep (more than its largest K
+        interactions, and more than K): the same kind of user as the test users."""
+        floor = max(self.ks)
+        return [e for k in ks for e in episodes(self.split, "val", k, self.protocol,
+                                                  max_k=max(k, floor))]
 
     def __call__(self, model: Recommender) -> float:
-        if not self.episodes:
+        if not self.episodes:  # models ask ``empty`` first; NaN here is never a choice
             return float("nan")
         rows, _ = score_episodes(model, self.episodes, self.protocol)
         if self.protocol == "rating" and model.predicts_ratings:
@@ -158,7 +189,8 @@ class EvalResult:
 
     table: pd.DataFrame          # model, K, metric, value, low, high, users
     per_user: pd.DataFrame       # model, K, user, metric, value
-    comparisons: pd.DataFrame    # K, metric, best, other, diff, p_value, significant
+    comparisons: pd.DataFrame    # K, metric, model_a, model_b, better, test, users, diff,
+    #                              p_value, p_holm (Holm within K x metric), significant
     timings: pd.DataFrame        # model, fit_seconds, score_seconds
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -171,10 +203,13 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
              protocol: str = "next-item", ks: Sequence[int] = DEFAULT_KS,
              candidates: str = "sampled", n_bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, fit: bool = True, jobs: int = 1,
-             cutoffs: Sequence[int] = (1, 10)) -> EvalResult:
+             cutoffs: Sequence[int] = (1, 10),
+             pairs: Sequence[tuple[str, str]] | None = None) -> EvalResult:
     """Fit each model on the split's training users and evaluate it on its test users.
 
-    ``cutoffs`` are the N of the next-item protocol's Hit@N and NDCG@N.
+    ``cutoffs`` are the N of the next-item protocol's Hit@N and NDCG@N. ``pairs`` names the
+    model pairs whose paired tests go into ``comparisons`` (default: every pair; see
+    ``compare``).
     ``jobs > 1`` fits and scores that many models at once in worker processes. Every model is
     seeded and runs on one thread, so the numbers are the same as with ``jobs=1``; the models
     passed in are then fitted in the workers only and come back unfitted.
@@ -185,7 +220,10 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         raise ThawError("ks must be non-negative integers")
     if jobs < 1:
         raise ThawError("jobs must be at least 1")
-    models = _as_models(models)
+    models = _as_models(models, seed)
+    unknown = sorted({m for pair in pairs or () for m in pair} - set(models))
+    if unknown:
+        raise ThawError(f"cannot compare {', '.join(unknown)}: not among the models evaluated")
     test_eps = {k: episodes(split, "test", k, protocol, max_k=max(ks), candidates=candidates)
                 for k in ks}
     if not test_eps[ks[0]]:
@@ -195,11 +233,18 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     stacks = {name: m for name, m in models.items() if fit and getattr(m, "learns_from_outputs", False)
               and all(member in models for member in m.members)}
     val_ks = sorted({k for st in stacks.values() for k in st.validation_ks})
-    stack_val_eps = SplitValidator(split, protocol).episodes_at(val_ks) if stacks else []
+    # One validator for every model: an empty one warns here, once, not once per model.
+    validator = SplitValidator(split, protocol, ks)
+    skipped = [selection_skipped_message(validator)] if fit and validator.empty else []
+    for note in skipped:
+        warnings.warn(note, ModelSelectionSkipped, stacklevel=2)
+        validator.warned = True
+    stack_val_eps = validator.episodes_at(val_ks) if stacks else []
     collect = frozenset(member for st in stacks.values() for member in st.members)
     fitted = {name: m for name, m in models.items() if name not in stacks}
     bar = tqdm(total=len(fitted), desc=f"evaluate ({protocol})", disable=not progress, leave=False)
-    job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs), collect, stack_val_eps)
+    job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs), collect, stack_val_eps,
+                    validator)
     outcomes: dict[str, tuple] = {}
     if jobs == 1 or len(fitted) == 1:
         for name, model in fitted.items():
@@ -238,8 +283,8 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
             if split.negatives else 0}
     if stack_meta:
         meta["stacks"] = stack_meta
-    return EvalResult(table, per_user, compare(per_user), pd.DataFrame(
-        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), notes, meta,
+    return EvalResult(table, per_user, compare(per_user, pairs), pd.DataFrame(
+        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), skipped + notes, meta,
         item_strata_table(per_user, split, test_eps, protocol, n_bootstrap, seed))
 
 
@@ -278,12 +323,15 @@ class _ModelJob:
     collect: frozenset[str] = frozenset()
     """Models whose raw outputs and confidences a stack will be learned from."""
     stack_val_eps: list[Episode] = field(default_factory=list)
+    validator: SplitValidator | None = None
+    """The evaluation's validator (built here when None)."""
 
     def __call__(self, name: str, model: Recommender) -> tuple[list[tuple], tuple, list[str], dict]:
         start = time.perf_counter()
         if self.fit:
             model.set_task(self.protocol)
-            model.fit(self.split.train, validate=SplitValidator(self.split, self.protocol, self.ks))
+            validate = self.validator or SplitValidator(self.split, self.protocol, self.ks)
+            model.fit(self.split.train, validate=validate)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
         flags = {"constant": 0, "nan": 0, "episodes": 0}
@@ -347,20 +395,22 @@ def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: 
         if flags["constant"]:
             notes.append(f"{name}: scored every candidate the same for {flags['constant']} "
                          f"episodes at K={k} (ties count against it)")
-    meta = {"members": list(stack.members), "table": stack.tables[protocol], "item_weights": stack.item_weights[protocol],
-            "item_bands": stack.item_bands, "trip_share": trips, "explain": stack.explain()}
+    meta = {"members": list(stack.members), "table": stack.tables[protocol],
+            "item_weights": stack.item_weights[protocol], "item_bands": stack.item_bands,
+            "trip_share": trips, "explain": stack.explain()}
     return (rows_out, (name, fit_seconds, time.perf_counter() - start), notes, {}), meta
 
 
-def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender) -> dict[str, Recommender]:
+def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender,
+               seed: int) -> dict[str, Recommender]:
+    """Models by name are made here, seeded with the evaluation's seed."""
+    from thaw.registry import make_model  # the registry imports every model: only when needed
+
     if isinstance(models, Recommender):
         return {models.name: models}
     if isinstance(models, Mapping):
         return dict(models)
-    out = {}
-    for name in models:
-        out[name] = make_model(name)
-    return out
+    return {name: make_model(name, seed=seed) for name in models}
 
 
 def summarise(per_user: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -374,29 +424,77 @@ def summarise(per_user: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0)
     return pd.DataFrame(rows, columns=["model", "K", "metric", "value", "low", "high", "users"])
 
 
-def compare(per_user: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """For each K and metric: the best model against every other, paired over the same users.
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error).
 
-    The p-value is a two-sided Wilcoxon signed-rank test on the per-user differences.
+    The i-th smallest of m p-values is multiplied by m - i + 1 (i from 1), the products are
+    made non-decreasing in that order, and capped at 1.
     """
-    rows = []
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    adjusted = np.empty(m)
+    adjusted[order] = scaled
+    return adjusted
+
+
+COMPARISON_COLUMNS = ["K", "metric", "model_a", "model_b", "better", "test", "users", "diff",
+                      "p_value", "p_holm", "significant"]
+
+
+def compare(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None,
+            alpha: float = 0.05) -> pd.DataFrame:
+    """Paired tests between models, for each K and metric, over the users both were scored on.
+
+    Every pair of models is compared, or only ``pairs`` when given (a model absent from a K and
+    metric, such as a ranking-only model for MAE, drops out of that family). Each row has the
+    test (a two-sided Wilcoxon signed-rank test on the per-user differences), the number of
+    users, the mean difference ``model_a - model_b``, which of the two is better, the raw p
+    and the Holm-corrected p. The correction is over the pairs compared within one (K,
+    metric) family, and ``significant`` uses the corrected p. Without ``pairs``, model_a is the
+    better-ranked of the two by mean, so the rows whose model_a is the family's best come first.
+    """
+    if pairs is not None:
+        pairs = [(str(a), str(b)) for a, b in pairs]
+        known = set(per_user["model"])
+        unknown = sorted({m for pair in pairs for m in pair} - known)
+        if unknown:
+            raise ThawError(f"cannot compare {', '.join(unknown)}: not among the evaluated models "
+                            f"({', '.join(dict.fromkeys(per_user['model']))})")
+        if any(a == b for a, b in pairs):
+            raise ThawError("a comparison needs two different models")
+    frames = []
     for (k, metric), group in per_user.groupby(["K", "metric"], sort=False):
-        wide = group.pivot_table(index="user", columns="model", values="value").dropna()
-        if wide.shape[1] < 2 or len(wide) < 2:
-            continue
-        means = wide.mean()
-        best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()
-        for other in wide.columns:
-            if other == best:
+        wide = group.pivot_table(index="user", columns="model", values="value", sort=False)
+        lower = metric in LOWER_IS_BETTER
+        means = wide.mean().sort_values(ascending=lower, kind="stable")
+        if pairs is None:
+            family = list(combinations(means.index, 2))
+        else:
+            family = [(a, b) for a, b in dict.fromkeys(pairs) if a in wide and b in wide]
+        rows = []
+        values = {m: wide[m].to_numpy(dtype=np.float64) for m in wide.columns}
+        for a, b in family:
+            both = ~(np.isnan(values[a]) | np.isnan(values[b]))
+            if both.sum() < 2:
                 continue
-            diff = wide[best] - wide[other]
+            diff = values[a][both] - values[b][both]
             if np.allclose(diff, 0):
                 p = 1.0
             else:
-                p = float(stats.wilcoxon(wide[best], wide[other], zero_method="zsplit").pvalue)
-            rows.append((int(k), metric, best, other, float(diff.mean()), p, p < alpha))
-    return pd.DataFrame(rows, columns=["K", "metric", "best", "other", "diff", "p_value",
-                                       "significant"])
+                p = float(stats.wilcoxon(diff, zero_method="zsplit").pvalue)
+            mean_diff = float(diff.mean())
+            better = a if (mean_diff < 0 if lower else mean_diff > 0) else b if mean_diff else ""
+            rows.append([int(k), metric, a, b, better, "wilcoxon", int(both.sum()), mean_diff, p])
+        if rows:
+            frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[:-2])
+            frame["p_holm"] = holm(frame["p_value"].to_numpy())
+            frame["significant"] = frame["p_holm"] < alpha
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
 
 
 def degenerate_results(per_user: pd.DataFrame) -> list[str]:

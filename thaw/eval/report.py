@@ -10,8 +10,8 @@ import html
 import json
 import platform
 import sys
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def provenance(seed: int, command: Sequence[str] | None = None) -> dict[str, Any
         "pandas": pd.__version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
         "seed": seed, "command": " ".join(command if command is not None else sys.argv),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -128,7 +128,7 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
     stacks = {n for r in results for n in r.meta.get("stacks", {})}
     colour |= {n: "black" for n in stacks}
-    for ax, (result, metric, axis) in zip(axes.flat, panels):
+    for ax, (result, metric, axis) in zip(axes.flat, panels, strict=False):  # the grid may have spare axes
         source = result.table if axis == "K" else result.item_table.rename(columns={"N": "K"})
         table = source[source["metric"] == metric]
         for model, group in table.groupby("model", sort=False):
@@ -160,8 +160,10 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
 
 
 def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
-                  command: Sequence[str] | None = None, title: str = "thaw results") -> dict[str, Path]:
-    """Write results.csv, per_user.csv, comparisons.csv, results.json, a PNG and report.html."""
+                  command: Sequence[str] | None = None, title: str = "thaw results",
+                  params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Path]:
+    """Write results.csv, per_user.csv, comparisons.csv, results.json, a PNG and report.html.
+    ``params`` are the hyperparameters set by name (``--param``), recorded in results.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance(seed, command)
@@ -188,6 +190,7 @@ def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
         by_item.to_csv(paths["results_by_item.csv"], index=False, float_format="%.6g")
     payload = {
         "provenance": prov,
+        "params": {model: dict(values) for model, values in (params or {}).items()},
         "runs": [{"meta": r.meta, "warnings": r.warnings,
                   "timings": r.timings.to_dict(orient="records")} for r in results],
         "results": json.loads(table.to_json(orient="records")),
@@ -210,7 +213,8 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
              "<p>Held-out users only; the first K interactions are the support. Values are means "
              "over users with bootstrap 95% intervals. <b>Bold</b> marks the best model at each K; "
              "<sup>*</sup> marks a lead over every other model that is significant "
-             "(paired Wilcoxon signed-rank over the same users, p &lt; 0.05). Random and pop "
+             "(paired Wilcoxon signed-rank over the same users, Holm-corrected p &lt; 0.05 within "
+             "each K and metric; comparisons.csv has every pair). Random and pop "
              "(grey) are sanity baselines.</p>"]
     for result in results:
         parts.append(f"<h2>{html.escape(result.meta.get('split_kind', ''))} split, "
@@ -247,6 +251,14 @@ def _metric_table(result: EvalResult, metric: str) -> str:
     lower = metric in LOWER_IS_BETTER
     rows = [f"<h3>{html.escape(metric)} ({'lower' if lower else 'higher'} is better)</h3><table>"
             "<tr><th>model</th>" + "".join(f"<th>K={k}</th>" for k in ks) + "</tr>"]
+    best, starred = {}, set()
+    for k in ks:
+        values = table[table["K"] == k].dropna(subset=["value"]).set_index("model")["value"]
+        if len(values) < 2:
+            continue
+        best[k] = values.idxmin() if lower else values.idxmax()
+        if _leads_significantly(comp, k, metric, best[k], set(values.index)):
+            starred.add(k)
     for model in dict.fromkeys(table["model"]):
         cells = []
         for k in ks:
@@ -255,14 +267,26 @@ def _metric_table(result: EvalResult, metric: str) -> str:
                 cells.append("<td>n/a</td>")
                 continue
             value, low, high = row[["value", "low", "high"]].iloc[0]
-            c = comp[(comp["K"] == k) & (comp["metric"] == metric)] if len(comp) else comp
-            is_best = len(c) and c["best"].iloc[0] == model
             text = f"{value:.4f} <small>[{low:.3f}, {high:.3f}]</small>"
-            if is_best:
-                text = f"<b>{value:.4f}</b>" + ("<sup>*</sup>" if c["significant"].all() else "") + \
+            if best.get(k) == model:
+                text = f"<b>{value:.4f}</b>" + ("<sup>*</sup>" if k in starred else "") + \
                     f" <small>[{low:.3f}, {high:.3f}]</small>"
             cells.append(f"<td>{text}</td>")
         cls = " base" if model in BASELINES else ""
         rows.append(f"<tr><td class='m{cls}'>{html.escape(model)}</td>{''.join(cells)}</tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _leads_significantly(comp: pd.DataFrame, k: int, metric: str, best: str, models: set[str]) -> bool:
+    """Whether the best model is ahead of every other model at this K and metric, each lead
+    significant after Holm's correction (a pair that was not compared cannot earn the mark)."""
+    if not len(comp):
+        return False
+    c = comp[(comp["K"] == k) & (comp["metric"] == metric)]
+    for other in models - {best}:
+        pair = c[((c["model_a"] == best) & (c["model_b"] == other))
+                 | ((c["model_a"] == other) & (c["model_b"] == best))]
+        if pair.empty or not (pair["better"].iloc[0] == best and bool(pair["significant"].iloc[0])):
+            return False
+    return True

@@ -18,19 +18,20 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from thaw.data.schema import Dataset
-from thaw.meta.maml import MetaTrainer, Params, TaskBatch
+from thaw.meta.maml import Params
 from thaw.meta.melu import FeatureMetaLearner
-from thaw.models.base import Context, register
+from thaw.models.base import Context
+from thaw.models.neural import TaskBatch, Trainer, pad_and_stack
 
 
-@register("hml")
 class HML(FeatureMetaLearner):
     """MeLU's network with ``n_inits`` initialisations of its adapted decision layers."""
 
+    name = "hml"
+
     def __init__(self, n_inits: int = 3, n_folds: int = 3, **kwargs) -> None:
-        # A slower outer loop than MeLU's: with lr 5e-3 one initialisation wins the first
-        # assignments, learns fastest and keeps winning, and the others starve (measured on
-        # planted clusters: two of four got under 5% of tasks); at 1e-3 all of them specialise.
+        # A slower outer loop than MeLU's: with a fast one the initialisation that wins the
+        # first assignments learns fastest and keeps winning, and the others starve.
         super().__init__(**{"lr": 1e-3, **kwargs})
         if n_inits < 1 or n_folds < 1:
             raise ValueError("n_inits and n_folds must be at least 1")
@@ -66,7 +67,7 @@ class HML(FeatureMetaLearner):
     def _outer_params(self) -> list[Tensor]:
         return list(self.net.parameters()) + list(self.extra.parameters())
 
-    def _train_step(self, trainer: MetaTrainer, batch: TaskBatch) -> float:
+    def _train_step(self, trainer: Trainer, batch: TaskBatch) -> float:
         losses = torch.stack([self.maml.task_losses(batch, fast=init)
                               for init in self.initialisations()], dim=1)  # (tasks, inits)
         assign = losses.detach().argmin(dim=1)  # hard task clustering on the query loss
@@ -91,8 +92,8 @@ class HML(FeatureMetaLearner):
         folds = [self._folds(c) for c in contexts]
         total = torch.zeros(len(contexts), len(inits))
         for f in range(self.n_folds):
-            sup_s = self._padded([self._rows_of(c, fs[f][0]) for c, fs in zip(contexts, folds)])
-            sup_q = self._padded([self._rows_of(c, fs[f][1]) for c, fs in zip(contexts, folds)])
+            sup_s = pad_and_stack([self._rows_of(c, fs[f][0]) for c, fs in zip(contexts, folds, strict=True)])
+            sup_q = pad_and_stack([self._rows_of(c, fs[f][1]) for c, fs in zip(contexts, folds, strict=True)])
             for m, init in enumerate(inits):
                 adapted = self.maml.adapted(sup_s, fast=init)
                 with torch.no_grad():
@@ -123,7 +124,7 @@ class HML(FeatureMetaLearner):
 
     def adapted_weights(self, contexts: Sequence[Context]) -> Params:
         inits = self.initialisations()
-        support = self._padded([self._support_rows(c) for c in contexts])
+        support = pad_and_stack([self._support_rows(c) for c in contexts])
         if len(inits) == 1:
             return self.maml.adapted(support)
         chosen = torch.as_tensor(self.choose(contexts))

@@ -11,43 +11,16 @@ support and query sizes, runs as one ``vmap``-ed computation instead of a Python
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from thaw.models.neural import LossFn, TaskBatch, Trainer, inputs
+
 Params = dict[str, Tensor]
 Batch = Mapping[str, Tensor]
 """Model inputs keyed by name, plus "target" and "mask", all with the rows as leading dim."""
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""loss(prediction, target, mask) -> scalar; padded rows have mask 0 and must not count."""
-
-
-def masked_mse(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean squared error over the rows whose mask is 1."""
-    return ((prediction - target) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def masked_bce(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Binary cross-entropy with logits over the rows whose mask is 1."""
-    losses = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-@dataclass(frozen=True)
-class TaskBatch:
-    """T tasks padded to common sizes: every tensor is (T, rows, ...)."""
-
-    support: dict[str, Tensor]
-    query: dict[str, Tensor]
-
-    def __len__(self) -> int:
-        return int(self.support["mask"].shape[0])
-
-
-def _inputs(batch: Batch) -> dict[str, Tensor]:
-    return {k: v for k, v in batch.items() if k not in ("target", "mask")}
 
 
 class MAML:
@@ -88,7 +61,7 @@ class MAML:
     # --- functional pieces ---------------------------------------------------------------
 
     def forward(self, fast: Params, shared: Params, batch: Batch) -> Tensor:
-        return functional_call(self.model, {**shared, **fast}, (_inputs(batch),))
+        return functional_call(self.model, {**shared, **fast}, (inputs(batch),))
 
     def batch_loss(self, fast: Params, shared: Params, batch: Batch) -> Tensor:
         return self.loss(self.forward(fast, shared, batch), batch["target"], batch["mask"])
@@ -155,23 +128,13 @@ class MAML:
         _, shared = self.detached_params(None)
         with torch.no_grad():
             return vmap(self.forward, in_dims=(0, None, 0))(
-                {k: v.detach() for k, v in fast.items()}, shared, _inputs(batch))
+                {k: v.detach() for k, v in fast.items()}, shared, inputs(batch))
 
 
-class MetaTrainer:
+class MetaTrainer(Trainer):
     """The outer loop: Adam on the initial (and shared) parameters, gradient clipping."""
 
     def __init__(self, maml: MAML, params: Sequence[Tensor] | None = None, *, lr: float = 1e-3,
                  clip: float | None = 5.0) -> None:
+        super().__init__(maml.model.parameters() if params is None else params, lr=lr, clip=clip)
         self.maml = maml
-        self.params = list(maml.model.parameters()) if params is None else list(params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
-        self.clip = clip
-
-    def step(self, loss: Tensor) -> float:
-        self.optimizer.zero_grad()
-        loss.backward()
-        if self.clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
-        return float(loss.detach())

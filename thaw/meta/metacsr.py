@@ -17,7 +17,7 @@ Deviations from the paper, and why:
   training items the user never touched, per positive.
 - W4 and W5 map to ``attention_dim`` (16) rather than d: the paper gives no width, and the
   position term dominates eq 2 anyway (adjacent keys beat the next ones by e^2 - e = 4.7
-  logits), while the (L, L, width) pair tensor was a quarter of the fit time at width d.
+  logits), while the (L, L, width) pair tensor is a large part of the fit time at width d.
 - Meta-batches group tasks of similar support size (less padding computed); the batches come
   in random order. Outer Adam has no weight decay.
 - A cold user adapts on its last max_len - 1 transitions, the most a training task has.
@@ -28,7 +28,6 @@ Deviations from the paper, and why:
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Sequence
 from typing import Self
 
@@ -40,13 +39,13 @@ from torch import Tensor, nn
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.data.splits import by_user, chronological_order
-from thaw.meta.maml import MAML, MetaTrainer, Params, TaskBatch
-from thaw.meta.tasks import pad, sample_unseen
-from thaw.models.base import Context, Recommender, Validator, register, train_epochs
+from thaw.meta.maml import MAML, MetaTrainer, Params
+from thaw.models.base import Context, Recommender, Validator, train_epochs
+from thaw.models.neural import Rows, TaskBatch, chunked, exact_scores, float64_copy, pad, pad_and_stack, stack_rows
+from thaw.models.sampling import sample_unseen
 
 SCORE_CHUNK = 64  # cold users adapted at once (each holds its own float64 copy of θ2)
 FAST = "sequence."  # θ2: the parameters adapted per user
-Rows = dict[str, np.ndarray]
 
 
 def position_masks(length: int) -> tuple[Tensor, Tensor]:
@@ -225,6 +224,8 @@ class SequenceTasks:
         self.sequences = {u: s.item for u, s in by_user(inter).items() if len(s) >= 2}
         self.users = np.array(sorted(self.sequences), dtype=np.int64)
         self.untrained = np.setdiff1d(np.arange(data.n_items), inter.item)
+        self.known = np.ones(data.n_items, dtype=bool)  # items seen in training
+        self.known[self.untrained] = False
         self.n_items, self.max_len = data.n_items, max_len
         self.max_query, self.n_negatives = max_query, n_negatives
 
@@ -268,9 +269,8 @@ class SequenceTasks:
                        key=lambda task: len(task[0]["target"]))
         for start in rng.permutation(np.arange(0, len(tasks), batch_size)):
             batch = tasks[start:start + batch_size]
-            size = max(1, max(len(s["target"]) for s, _ in batch))
-            yield TaskBatch(_stack([pad(s, size) for s, _ in batch]),
-                            _stack([pad(q, self.max_query) for _, q in batch]))
+            yield TaskBatch(pad_and_stack([s for s, _ in batch]),
+                            stack_rows([pad(q, self.max_query) for _, q in batch]))
 
     def support(self, items: np.ndarray, rng: np.random.Generator) -> Rows:
         """A cold user's support rows: its last max_len - 1 transitions (as in training)."""
@@ -278,13 +278,6 @@ class SequenceTasks:
         return self.rows(items, targets, items, rng)
 
 
-def _stack(rows: Sequence[Rows], dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
-    """Rows of equal shapes as tensors with a leading dim; floating arrays as ``dtype``."""
-    out = {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
-
-
-@register("metacsr")
 class MetaCSR(Recommender):
     """metaCSR and its ablations, selected by ``diffusion``, ``sequential`` and ``meta``.
 
@@ -294,12 +287,11 @@ class MetaCSR(Recommender):
     best state kept). Ranking only.
 
     lr 1e-2 (the paper's β) and inner_lr 10 were chosen on ML-100k validation users (mean
-    NDCG@10 over K = 1, 3, 5, 10, 8-10 epochs): inner_lr 0.1 / 1 / 3 / 10 / 30 gave 0.53 /
-    0.56 / 0.54 / 0.58 / 0.59, lr 1e-3 / 3e-3 / 3e-2 at inner_lr 0.1 gave 0.51 / 0.50 / 0.50.
-    The paper's α = 1e-4 moves nothing here: a BPR mean over rows gives θ2 small gradients.
-    Ten epochs keep one fit on ML-100k near 30 s.
+    NDCG@10 over K = 1, 3, 5, 10). The paper's α = 1e-4 moves nothing here: a BPR mean over
+    rows gives θ2 small gradients. Ten epochs keep one fit on ML-100k short.
     """
 
+    name = "metacsr"
     predicts_ratings = False
     _transient = ("tasks", "maml", "_scorer")  # re-created by _rebuild from the training data
 
@@ -374,7 +366,7 @@ class MetaCSR(Recommender):
     def _scoring(self) -> tuple[MAML, Tensor]:
         """A float64 copy of the network with its item table, made once per trained state."""
         if self._scorer is None:
-            net = copy.deepcopy(self.net).double()
+            net = float64_copy(self.net)
             maml = MAML(net, pairwise_loss, adapt=is_fast, inner_steps=self.inner_steps,
                         inner_lr=self.inner_lr)
             with torch.no_grad():
@@ -390,63 +382,57 @@ class MetaCSR(Recommender):
     def adapted_weights(self, contexts: Sequence[Context]) -> Params:
         """θ2 adapted on each context's support, (len(contexts), ...) per parameter."""
         maml, table = self._scoring()
-        rows = [self._support(c) for c in contexts]
-        size = max(1, max(len(r["target"]) for r in rows))
-        supports = _stack([pad(r, size) for r in rows], torch.float64)
+        supports = pad_and_stack([self._support(c) for c in contexts], torch.float64)
         with maml.model.reading(table):
             return maml.adapted(supports)
 
     @one_thread()
     def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if len(contexts) != len(items):
-            raise ValueError("contexts and items differ in length")
-        maml, table = self._scoring()
-        out: list[np.ndarray] = [np.empty(0)] * len(contexts)
         # Chunks of similar history lengths, so that little support padding is adapted on.
         order = np.argsort([len(c.history) for c in contexts], kind="stable")
-        for start in range(0, len(order), SCORE_CHUNK):
-            chunk = order[start:start + SCORE_CHUNK]
-            ctxs, cands = [contexts[i] for i in chunk], [items[i] for i in chunk]
-            fast = self.adapted_weights(ctxs)
-            width = max(len(i) for i in cands)
-            # One row per user: its last max_len items and its candidates (padded).
-            rows = [{**self.tasks.prefixes(c.history.item, np.array([len(c.history)])),
-                     "items": np.pad(np.asarray(i, dtype=np.int64), (0, width - len(i)))[None]}
-                    for c, i in zip(ctxs, cands, strict=True)]
-            with maml.model.reading(table):
-                values = maml.predict(fast, _stack(rows, torch.float64))[:, 0].numpy()
-            # Rounded to float32 so that batch-dependent float64 rounding (chunk composition,
-            # support padding) cannot make score and score_many differ.
-            for t, (i, c) in enumerate(zip(chunk, cands, strict=True)):
-                scores = values[t, :len(c)].astype(np.float32).astype(np.float64)
-                # Items never trained on have arbitrary representations: rank them last.
-                scores[np.isin(np.asarray(c, dtype=np.int64), self.tasks.untrained)] = -np.inf
-                out[i] = scores
-        return out
+        outputs = chunked(self._chunk_outputs, contexts, items, size=SCORE_CHUNK, order=order)
+        return [exact_scores(v, i, self.tasks.known) for v, i in zip(outputs, items, strict=True)]
+
+    def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
+        """Float64 scores of one chunk of users: θ2 adapted to each one's support, then the
+        candidates' inner products with the user's state."""
+        maml, table = self._scoring()
+        fast = self.adapted_weights(contexts)
+        width = max(len(i) for i in items)
+        # One row per user: its last max_len items and its candidates (padded).
+        rows = [{**self.tasks.prefixes(c.history.item, np.array([len(c.history)])),
+                 "items": np.pad(np.asarray(i, dtype=np.int64), (0, width - len(i)))[None]}
+                for c, i in zip(contexts, items, strict=True)]
+        with maml.model.reading(table):
+            values = maml.predict(fast, stack_rows(rows, torch.float64))[:, 0].numpy()
+        return [values[t, :len(i)] for t, i in enumerate(items)]
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self.score_many([ctx], [items])[0]
 
 
-@register("metacsr-nodiffusion")
 class MetaCSRNoDiffusion(MetaCSR):
     """metaCSR w/o Diffusion Representer: items are normalised inherent embeddings."""
+
+    name = "metacsr-nodiffusion"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**{"diffusion": False, **kwargs})
 
 
-@register("metacsr-noseq")
 class MetaCSRNoSequence(MetaCSR):
     """metaCSR w/o Sequential Recommender: mean pooling of the items, then one dense layer."""
+
+    name = "metacsr-noseq"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**{"sequential": False, **kwargs})
 
 
-@register("metacsr-nometa")
 class MetaCSRNoMeta(MetaCSR):
     """metaCSR w/o Meta Learner: ordinary training, then the same fine-tuning per cold user."""
+
+    name = "metacsr-nometa"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**{"meta": False, **kwargs})

@@ -14,12 +14,11 @@ consecutive items and half a random ordered subset of the user's items. One mode
 K, so K is drawn per task (0..max_support). Two learned vectors cover what the paper leaves
 undefined: ``prior`` is tr when there is no pair (K <= 1), and an extra "origin" item is the
 last item when there is none (K = 0). Items never seen in training score -inf: their
-embeddings are untrained noise.
+embeddings are untrained noise (the scoring path of thaw/models/neural.py).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Self
 
@@ -30,11 +29,10 @@ from torch import Tensor, nn
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
-from thaw.meta.maml import MAML, MetaTrainer, TaskBatch
-from thaw.meta.tasks import sample_unseen
-from thaw.models.base import Context, Recommender, Validator, register, train_epochs
-
-SCORE_CHUNK = 256  # users adapted at once at score time
+from thaw.meta.maml import MAML, MetaTrainer
+from thaw.models.base import Context, Recommender, Validator, train_epochs
+from thaw.models.neural import TaskBatch, chunked, exact_scores, float64_copy, stack_rows
+from thaw.models.sampling import pair_keys, sample_unseen, sample_unseen_by
 
 
 class TransitionNet(nn.Module):
@@ -53,8 +51,8 @@ class TransitionNet(nn.Module):
         self.transition = nn.Linear(2 * dim, dim)
         self.prior = nn.Parameter(torch.full((dim,), 0.5))
         # Added to every tr. Adapting it alone (``adapt=("shift",)``) is the authors' code's
-        # step on the relation vector itself; on ML-100k validation users it matched adapting
-        # the transition layer (the default), so both stay available.
+        # step on the relation vector itself, an option beside the paper's step on the
+        # transition layer (the default).
         self.shift = nn.Parameter(torch.zeros(dim))
 
     def transitions(self, heads: Tensor, tails: Tensor) -> Tensor:
@@ -173,35 +171,30 @@ class MetaTL(Recommender):
 
     @one_thread()
     def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if len(contexts) != len(items):
-            raise ValueError("contexts and items differ in length")
-        out: list[np.ndarray] = []
-        for start in range(0, len(contexts), SCORE_CHUNK):
-            ctxs, cands = contexts[start:start + SCORE_CHUNK], items[start:start + SCORE_CHUNK]
-            supports = []
-            for c in ctxs:
-                # Negatives for the support loss are drawn from a generator seeded by the
-                # support itself, so a user's scores never depend on who else is in the batch.
-                rng = np.random.default_rng([self.seed, len(c.history), *c.history.item.tolist()])
-                supports.append(self._rows(c.history.item, None, c.history.item, rng))
-            engine = self._scoring_engine()
-            fast = engine.adapted(_stack(supports)) if self.use_maml else {
-                k: v.detach().expand(len(ctxs), *v.shape) for k, v in engine.split_params()[0].items()}
-            width = max(len(i) for i in cands)
-            rows = []
-            for support, c, i in zip(supports, ctxs, cands, strict=True):
-                last = c.history.item[-1] if len(c.history) else self.n_items
-                rows.append({**{k: support[k] for k in ("pair_head", "pair_tail", "pair_mask")},
-                             "head": np.full(width, last), "tail": _fill(i, width),
-                             "negative": np.zeros((width, 0), dtype=np.int64)})
-            values = engine.predict(fast, _stack(rows))[..., 0].numpy()
-            # Computed in float64 and rounded to float32: batch composition may move the
-            # last bits, and score must equal score_many exactly.
-            for t, i in enumerate(cands):
-                scores = values[t, :len(i)].astype(np.float32).astype(np.float64)
-                scores[~self.known[np.asarray(i, dtype=np.int64)]] = -np.inf  # never trained
-                out.append(scores)
-        return out
+        outputs = chunked(self._chunk_outputs, contexts, items)
+        return [exact_scores(v, i, self.known) for v, i in zip(outputs, items, strict=True)]
+
+    def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
+        """Float64 scores of one chunk of users: the transition layer adapted to each one's
+        support pairs, then every candidate's translation distance from the last item."""
+        supports = []
+        for c in contexts:
+            # Negatives for the support loss are drawn from a generator seeded by the
+            # support itself, so a user's scores never depend on who else is in the batch.
+            rng = np.random.default_rng([self.seed, len(c.history), *c.history.item.tolist()])
+            supports.append(self._rows(c.history.item, None, c.history.item, rng))
+        engine = self._scoring_engine()
+        fast = engine.adapted(stack_rows(supports)) if self.use_maml else {
+            k: v.detach().expand(len(contexts), *v.shape) for k, v in engine.split_params()[0].items()}
+        width = max(len(i) for i in items)
+        rows = []
+        for support, c, i in zip(supports, contexts, items, strict=True):
+            last = c.history.item[-1] if len(c.history) else self.n_items
+            rows.append({**{k: support[k] for k in ("pair_head", "pair_tail", "pair_mask")},
+                         "head": np.full(width, last), "tail": _fill(i, width),
+                         "negative": np.zeros((width, 0), dtype=np.int64)})
+        values = engine.predict(fast, stack_rows(rows))[..., 0].numpy()
+        return [values[t, :len(i)] for t, i in enumerate(items)]
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self.score_many([ctx], [items])[0]
@@ -209,7 +202,7 @@ class MetaTL(Recommender):
     def _scoring_engine(self) -> MAML:
         """The engine over a float64 copy of the network, made once per trained state."""
         if getattr(self, "_scorer", None) is None:
-            net = copy.deepcopy(self.net).double().eval()
+            net = float64_copy(self.net)
             self._scorer = MAML(net, self.engine.loss, adapt=self.engine.fast_names,
                                 inner_steps=self.engine.inner_steps, inner_lr=self.inner_lr,
                                 first_order=self.first_order)
@@ -235,8 +228,8 @@ class TransitionTasks:
         self.items = np.zeros((len(seqs), width), dtype=np.int64)
         for row, seq in enumerate(seqs):
             self.items[row, :len(seq)] = seq
-        self.seen = np.unique(np.concatenate(
-            [row * np.int64(n_items) + s for row, s in enumerate(seqs)] or [np.empty(0, np.int64)]))
+        self.seen = pair_keys(np.repeat(np.arange(len(seqs)), self.lengths),
+                              np.concatenate(seqs or [np.empty(0, np.int64)]), n_items)
         self.max_support, self.n_negatives, self.consecutive = max_support, n_negatives, consecutive
 
     def sample(self, rows: np.ndarray, rng: np.random.Generator) -> TaskBatch:
@@ -269,19 +262,9 @@ class TransitionTasks:
             part["target"] = np.zeros_like(part["mask"])
         return TaskBatch(*({k: torch.as_tensor(v) for k, v in part.items()} for part in (support, query)))
 
-    def _negatives(self, rows: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
-                   rounds: int = 50) -> np.ndarray:
-        """(batch, rows, n_negatives) items each task's user never touched (rejection sampling)."""
-        out = rng.integers(0, self.n_items, (*shape, self.n_negatives))
-        owner = np.broadcast_to(rows[:, None, None], out.shape)
-        for _ in range(rounds):
-            keys = owner * np.int64(self.n_items) + out
-            where = np.searchsorted(self.seen, keys).clip(max=len(self.seen) - 1)
-            bad = self.seen[where] == keys
-            if not bad.any():
-                break
-            out[bad] = rng.integers(0, self.n_items, int(bad.sum()))
-        return out
+    def _negatives(self, rows: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """(batch, rows, n_negatives) items each task's user never touched."""
+        return sample_unseen_by(rows, (*shape, self.n_negatives), self.seen, self.n_items, rng)
 
 
 def _fill(values: np.ndarray, size: int) -> np.ndarray:
@@ -290,18 +273,16 @@ def _fill(values: np.ndarray, size: int) -> np.ndarray:
     return np.pad(values, (0, size - len(values)))
 
 
-def _stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, Tensor]:
-    return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
-
-
-@register("metatl")
 class MetaTLModel(MetaTL):
     """MetaTL: translation-based transitions, transition layer adapted per user (MAML)."""
 
+    name = "metatl"
 
-@register("metatl-nomaml")
+
 class MetaTLNoMAML(MetaTL):
     """MetaTL-- (the paper's ablation): the same model without the MAML step."""
+
+    name = "metatl-nomaml"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**{"maml": False, **kwargs})

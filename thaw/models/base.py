@@ -1,4 +1,4 @@
-"""The contract every method in thaw fulfils, and the registry that names them.
+"""The contract every method in thaw fulfils (the registry that names them: thaw/registry.py).
 
 Every method answers one question: given what we know about this user right now (a Context),
 how much will they like each of these items? A model is fitted once on warm users; a cold user
@@ -8,8 +8,9 @@ evaluation protocol, the router and the service need no special case per method.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import importlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,48 @@ class Context:
 
 
 class Validator(Protocol):
-    """Scores a fitted model on validation users only (never test users): higher is better."""
+    """Scores a fitted model on validation users only (never test users): higher is better.
+
+    A validator with nothing to validate on (no validation users, or none with enough
+    interactions) says so with a true ``empty`` attribute and a ``reason``; models then fit as
+    they would without one (see ``usable_validator``). A NaN value from a validator that is not
+    empty is an error (see ``validation_score``)."""
 
     def __call__(self, model: Recommender) -> float: ...
+
+
+class ModelSelectionSkipped(UserWarning):
+    """The validator had nothing to validate on: models were fitted without model selection."""
+
+
+def selection_skipped_message(validate: Any) -> str:
+    reason = getattr(validate, "reason", None) or "the validator has no validation episodes"
+    return (f"model selection skipped: {reason}; models train for their full epochs with their "
+            "default hyperparameters (no early stopping, no grid search) and a stack keeps its "
+            "default routes")
+
+
+def usable_validator(validate: Validator | None) -> Validator | None:
+    """``validate``, or None when it is ``empty``: a model then fits exactly as without a
+    validator (every epoch, default hyperparameters) instead of being stopped early and tuned
+    by NaN. The ModelSelectionSkipped warning is given once per validator."""
+    if validate is None or not getattr(validate, "empty", False):
+        return validate
+    if not getattr(validate, "warned", False):
+        warnings.warn(selection_skipped_message(validate), ModelSelectionSkipped, stacklevel=3)
+        with contextlib.suppress(AttributeError):
+            validate.warned = True  # type: ignore[attr-defined]
+    return None
+
+
+def validation_score(validate: Validator, model: Recommender, when: str) -> float:
+    """One validation value; NaN from a validator that has users is a ThawError (the model's
+    outputs on validation users are not numbers), never a silent stop or a silent choice."""
+    value = float(validate(model))
+    if np.isnan(value):
+        raise ThawError(f"model '{model.name}': the validation metric is NaN {when}; its "
+                        "outputs on validation users are not numbers (diverged?)")
+    return value
 
 
 class Recommender:
@@ -50,6 +90,7 @@ class Recommender:
     """
 
     name: str = "recommender"
+    """The model's name in thaw's registry (thaw/registry.py); every registered class sets its own."""
     predicts_ratings: bool = False
     _transient: tuple[str, ...] = ()
     """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
@@ -67,10 +108,10 @@ class Recommender:
         """How sure the model is about one request, higher = surer; only compared with the same
         model's confidence on other requests (the stack's circuit breaker calibrates a threshold
         per model). Default: the spread of its scores; a model that scores every item alike
-        knows nothing about this user."""
+        knows nothing about this user. Infinite scores (-inf: "never") are left out."""
         scores = np.asarray(scores, dtype=np.float64)
         finite = scores[np.isfinite(scores)]
-        return float(finite.std()) if len(finite) > 1 and len(finite) == len(scores) else 0.0
+        return float(finite.std()) if len(finite) > 1 else 0.0
 
     def set_task(self, protocol: str) -> None:
         """Called before fit with the protocol ("next-item" or "rating"); models whose training
@@ -105,7 +146,7 @@ class Recommender:
 
 class EarlyStopping:
     """Keeps the state of the best validation epoch and says when to stop: after ``patience``
-    epochs without improvement (NaN never improves)."""
+    epochs without improvement. NaN is a ThawError: it can neither improve nor be waited out."""
 
     def __init__(self, patience: int) -> None:
         self.patience, self.best, self.stale = patience, -np.inf, 0
@@ -114,6 +155,8 @@ class EarlyStopping:
     def update(self, value: float, snapshot: Callable[[], Any]) -> bool:
         """Record one epoch's validation value (``snapshot()`` is called only on a new best);
         True when training should stop."""
+        if np.isnan(value):
+            raise ThawError("the validation metric is NaN; early stopping cannot choose an epoch")
         if value > self.best:
             self.best, self.stale, self.best_state = value, 0, snapshot()
         else:
@@ -125,7 +168,8 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
                  train_epoch: Callable[[], float], net: Any, progress: bool = False) -> list[dict[str, float]]:
     """The epoch loop of thaw's torch models: ``train_epoch()`` (returns the mean loss), then
     validation, early stopping, and at the end the best epoch's weights loaded into ``net``
-    (any module holding everything fitting moves)."""
+    (any module holding everything fitting moves). An ``empty`` validator is no validator."""
+    validate = usable_validator(validate)
     stopper = EarlyStopping(patience)
     history: list[dict[str, float]] = []
     bar = tqdm(range(epochs), desc=f"fit {model.name}", disable=not progress, leave=False)
@@ -133,7 +177,7 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
         record = {"epoch": epoch + 1, "loss": float(train_epoch())}
         stop = False
         if validate is not None:
-            record["validation"] = value = float(validate(model))
+            record["validation"] = value = validation_score(validate, model, f"at epoch {epoch + 1}")
             stop = stopper.update(value, lambda: copy.deepcopy(net.state_dict()))
         history.append(record)
         bar.set_postfix(record)
@@ -142,47 +186,6 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
     if stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)
     return history
-
-
-# --- registry ---------------------------------------------------------------------------
-
-_FACTORIES: dict[str, Callable[..., Recommender]] = {}
-# Modules that register models when imported; later issues append theirs here.
-_MODULES = ("thaw.models.baselines", "thaw.models.content", "thaw.models.mf", "thaw.meta.melu", "thaw.meta.hml",
-            "thaw.models.widedeep", "thaw.models.sequential", "thaw.meta.metatl",
-            "thaw.meta.metacsr", "thaw.stack.router")
-
-
-def register(name: str) -> Callable[[Callable[..., Recommender]], Callable[..., Recommender]]:
-    """Decorator: make a model class (or factory) available under ``name`` on the CLI."""
-
-    def wrap(factory: Callable[..., Recommender]) -> Callable[..., Recommender]:
-        if name in _FACTORIES and _FACTORIES[name] is not factory:
-            raise ValueError(f"model name '{name}' registered twice")
-        _FACTORIES[name] = factory
-        return factory
-
-    return wrap
-
-
-def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(module)
-
-
-def model_names() -> list[str]:
-    """Every model thaw has, in registration order."""
-    _load_all()
-    return list(_FACTORIES)
-
-
-def make_model(name: str, **kwargs: Any) -> Recommender:
-    _load_all()
-    if name not in _FACTORIES:
-        raise ThawError(f"unknown model '{name}'; known models: {', '.join(_FACTORIES)}")
-    model = _FACTORIES[name](**kwargs)
-    model.name = name
-    return model
 
 
 def top_n(model: Recommender, ctx: Context, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

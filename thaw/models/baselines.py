@@ -14,7 +14,7 @@ import numpy as np
 
 from thaw.data.features import segment_key, user_segments
 from thaw.data.schema import Dataset
-from thaw.models.base import Context, Recommender, Validator, register
+from thaw.models.base import Context, Recommender, Validator
 
 
 def shrunk_means(items: np.ndarray, ratings: np.ndarray, n_items: int, prior: np.ndarray | float,
@@ -25,10 +25,10 @@ def shrunk_means(items: np.ndarray, ratings: np.ndarray, n_items: int, prior: np
     return (sums + strength * prior) / (counts + strength)
 
 
-@register("random")
 class RandomRecommender(Recommender):
     """Uniform random scores, reproducible: the same context always gets the same numbers."""
 
+    name = "random"
     predicts_ratings = True
 
     def __init__(self, seed: int = 0) -> None:
@@ -52,10 +52,10 @@ class RandomRecommender(Recommender):
         return self._rng(ctx, items).uniform(low, high, len(items))
 
 
-@register("pop")
 class Popularity(Recommender):
     """Most interacted-with items first; ratings are shrunk item means. Ignores the support."""
 
+    name = "pop"
     predicts_ratings = True
 
     def __init__(self, shrinkage: float = 5.0) -> None:
@@ -76,13 +76,14 @@ class Popularity(Recommender):
         return self.item_means[items]
 
 
-@register("segment-pop")
 class SegmentPopularity(Popularity):
     """Popularity among warm users who share the cold user's segment (gender and age band).
 
     Segment counts are smoothed toward global popularity with ``smoothing`` pseudo-interactions,
     so a small segment does not rank by a handful of votes; an unknown segment gets plain pop.
     """
+
+    name = "segment-pop"
 
     def __init__(self, fields: tuple[str, ...] = ("gender", "age"), smoothing: float = 50.0,
                  shrinkage: float = 5.0) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset
-from thaw.models.base import Context, EarlyStopping, Recommender, Validator, register
+from thaw.models.base import Context, EarlyStopping, Recommender, Validator, usable_validator, validation_score
 
 
 def implicit_fold_in(item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray,
@@ -112,13 +112,13 @@ def _explicit_als(user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_user
     return {"mean": mean, "user_factors": p, "item_factors": q, "user_bias": bu, "item_bias": bi}
 
 
-@register("mf")
 class MatrixFactorization(Recommender):
     """ALS matrix factorisation with closed-form fold-in of cold users.
 
     With a validator, the regularisation is chosen from ``grid`` on validation users.
     """
 
+    name = "mf"
     predicts_ratings = True
 
     def __init__(self, dim: int = 32, reg: float = 0.1, alpha: float = 10.0, iterations: int = 10,
@@ -127,9 +127,11 @@ class MatrixFactorization(Recommender):
         self.grid, self.seed = grid, seed
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        validate = usable_validator(validate)
         if validate is None or len(self.grid) < 2:
             return self._fit(data, self.reg)
-        best = max(self.grid, key=lambda reg: validate(self._fit(data, reg)))
+        best = max(self.grid, key=lambda reg: validation_score(validate, self._fit(data, reg),
+                                                               f"with reg {reg}"))
         return self._fit(data, best)
 
     def _fit(self, data: Dataset, reg: float) -> Self:
@@ -185,13 +187,14 @@ class MatrixFactorization(Recommender):
         return e["mean"] + bias + e["item_bias"][items] + e["item_factors"][items] @ factor
 
 
-@register("bpr")
 class BPR(Recommender):
     """BPR-MF (Rendle et al. 2009) with item biases; cold users folded in by the implicit solve.
 
     Ranking only: BPR learns an order, not a rating. Epochs stop early on validation users, and
     the weight of the folded-in factor against the item bias is chosen there too.
     """
+
+    name = "bpr"
 
     def __init__(self, dim: int = 32, lr: float = 0.01, reg: float = 1e-4, epochs: int = 40,
                  batch_size: int = 2048, alpha: float = 10.0, fold_reg: float = 10.0,
@@ -205,6 +208,7 @@ class BPR(Recommender):
 
     @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        validate = usable_validator(validate)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         inter = data.interactions
@@ -255,7 +259,7 @@ class BPR(Recommender):
         scores = {}
         for scale in self.fold_scales:
             self.fold_scale = scale
-            scores[scale] = validate(self)
+            scores[scale] = validation_score(validate, self, f"with fold scale {scale}")
         self.fold_scale = max(scores, key=scores.get)
         return scores[self.fold_scale]
 

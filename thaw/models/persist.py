@@ -33,7 +33,7 @@ from thaw import __version__
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
-from thaw.models.base import _FACTORIES, Recommender, _load_all
+from thaw.models.base import Recommender
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
@@ -77,10 +77,17 @@ def _write(saved: _Saved, folder: Path) -> None:
     (folder / MODEL_FILE).write_text(json.dumps(saved.meta, indent=1, allow_nan=False) + "\n")
 
 
+def _registry() -> dict[str, type[Recommender]]:
+    # Imported when a model is saved or loaded, not with this module: the registry imports
+    # every model, thaw/meta's too, and thaw/models does not depend on thaw/meta.
+    from thaw.registry import MODELS
+
+    return MODELS
+
+
 def _registry_name(cls: type) -> str:
-    _load_all()
-    for name, factory in _FACTORIES.items():
-        if factory is cls:
+    for name, registered in _registry().items():
+        if registered is cls:
             return name
     raise ThawError(f"cannot save a {cls.__name__}: its class is not a registered model")
 
@@ -219,11 +226,11 @@ def load(path: str | Path) -> Recommender:
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise ThawError(f"{file}: unknown format version {version!r} (this thaw reads {FORMAT_VERSION})")
-    _load_all()
+    registry = _registry()
     name = meta.get("class")
-    cls = _FACTORIES.get(name) if isinstance(name, str) else None
+    cls = registry.get(name) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
-        raise ThawError(f"{file}: unknown model {name!r}; known models: {', '.join(_FACTORIES)}")
+        raise ThawError(f"{file}: unknown model {name!r}; known models: {', '.join(registry)}")
     try:
         decoder = _Decoder(folder, load_file(str(folder / TENSORS_FILE)))
     except (SafetensorError, OSError) as exc:

@@ -2,7 +2,8 @@
 
 HML's baselines: trained on warm users' (profile, item features) rows, no per-user
 adaptation, so a cold user is scored from their profile alone. They share MeLU's field
-embeddings and training loop, so the comparison isolates adaptation, not plumbing.
+embeddings and training rows (thaw/models/features_net.py), so the comparison isolates
+adaptation, not plumbing.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from thaw.data.features import FeatureSpace
-from thaw.meta.melu import FeatureMetaLearner, FeatureNet
-from thaw.models.base import register
+from thaw.models.features_net import FeatureModel, FeatureNet
 
 
 class FirstOrder(nn.Module):
@@ -72,28 +72,19 @@ class DeepFMNet(FeatureNet):
         return self.linear(x) + pairwise + deep
 
 
-class PlainFeatureModel(FeatureMetaLearner):
-    """Trained on warm users' rows; no adaptation to the cold user's support."""
-
-    meta = False
-    net_class: type[FeatureNet] = FeatureNet
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**{"inner_steps": 0, **kwargs})
-
-    def network(self, space: FeatureSpace) -> FeatureNet:
-        return self.net_class(space, self.dim, self.hidden)
-
-
-@register("widedeep")
-class WideDeep(PlainFeatureModel):
+class WideDeep(FeatureModel):
     """Wide & Deep: a deep MLP over field embeddings plus a wide linear part."""
 
-    net_class = WideDeepNet
+    name = "widedeep"
+
+    def network(self, space: FeatureSpace) -> FeatureNet:
+        return WideDeepNet(space, self.dim, self.hidden)
 
 
-@register("deepfm")
-class DeepFM(PlainFeatureModel):
+class DeepFM(FeatureModel):
     """DeepFM: first-order terms, FM pairwise interactions and a deep MLP."""
 
-    net_class = DeepFMNet
+    name = "deepfm"
+
+    def network(self, space: FeatureSpace) -> FeatureNet:
+        return DeepFMNet(space, self.dim, self.hidden)

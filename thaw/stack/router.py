@@ -22,7 +22,7 @@ import numpy as np
 
 from thaw.data.schema import Dataset
 from thaw.errors import ThawError
-from thaw.models.base import Context, Recommender, Validator, make_model, register
+from thaw.models.base import Context, Recommender, Validator
 
 USER_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 1), (2, 3), (4, 5), (6, 10),
                                                   (11, 20), (21, None))
@@ -58,23 +58,30 @@ def band_label(band: Sequence[int | None]) -> str:
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:
-    """Z-scores over one request's candidates, so members on different scales can be blended."""
+    """Z-scores over one request's candidates, so members on different scales can be blended.
+    A score of -inf (a sequence model's "never seen in training") stays below every other."""
     scores = np.asarray(scores, dtype=np.float64)
-    spread = scores.std()
-    return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
+    finite = np.isfinite(scores)
+    z = np.zeros_like(scores)
+    if finite.any():
+        values = scores[finite]
+        spread = values.std()
+        z[finite] = (values - values.mean()) / spread if spread > 0 else 0.0
+        z[~finite] = z[finite].min() - 1.0
+    return z
 
 
 def episode_value(outputs: np.ndarray, truth: np.ndarray | None, task: str) -> np.ndarray:
     """The validation metric of each row of ``outputs`` (rows = alternative score vectors for
     one episode): NDCG@10 of the target in column 0 (next-item; ties count against), or
-    -RMSE of the predicted ratings (rating)."""
+    minus the MAE of the predicted ratings (rating; the rating tables' headline)."""
     outputs = np.atleast_2d(outputs)
     if task == "next-item":
         rank = 1 + np.count_nonzero(~(outputs[:, 1:] < outputs[:, :1]), axis=1)
         return np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0)
-    err = outputs - truth
+    err = np.abs(outputs - truth)
     err[np.isnan(err)] = np.inf
-    return -np.sqrt((err ** 2).mean(axis=1))
+    return -err.mean(axis=1)
 
 
 def simplex(n_members: int, step: float) -> np.ndarray:
@@ -84,16 +91,16 @@ def simplex(n_members: int, step: float) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64) / units
 
 
-@register("stack")
 class Stack(Recommender):
     """A Recommender made of others, routed by support size, with a popularity circuit breaker.
 
-    ``members`` are names (made and fitted by the stack) or Recommender instances; pass
-    ``fitted=True`` when the instances are already fitted. The fallback (segment popularity)
-    is added when absent: the breaker needs it. ``content`` names the member that scores items
-    with few training interactions (item bands).
+    ``members`` are names (made with ``seed`` and fitted by the stack) or Recommender
+    instances; pass ``fitted=True`` when the instances are already fitted. The fallback
+    (segment popularity) is added when absent: the breaker needs it. ``content`` names the
+    member that scores items with few training interactions (item bands).
     """
 
+    name = "stack"
     predicts_ratings = True
     # Members of an evaluation that the stack can be learned from without fitting them again.
     learns_from_outputs = True
@@ -105,15 +112,18 @@ class Stack(Recommender):
                  blend_step: float = 0.1, min_users: int = 10, time_budget: float | None = 2.0,
                  validation_ks: Sequence[int] = VALIDATION_KS, content: str = "content",
                  seed: int = 0) -> None:
+        # Imported here, not at the top: the registry imports this module.
+        from thaw.registry import make_model
+
         if isinstance(members, Mapping):
             self.members = dict(members)
         else:
             self.members = {}
             for m in members:
-                model = make_model(m) if isinstance(m, str) else m
+                model = make_model(m, seed=seed) if isinstance(m, str) else m
                 self.members[model.name] = model
         if FALLBACK not in self.members:
-            self.members[FALLBACK] = make_model(FALLBACK)
+            self.members[FALLBACK] = make_model(FALLBACK, seed=seed)
         if "stack" in self.members:
             raise ThawError("a stack cannot be its own member")
         self.fitted_members = fitted
@@ -201,9 +211,14 @@ class Stack(Recommender):
     def _best_route(self, idx: np.ndarray, episodes: Sequence[Any], transformed: dict[str, list],
                     confidences: Mapping[str, np.ndarray], eligible: list[str],
                     task: str) -> dict[str, Any]:
-        """The single member or blend with the best mean validation metric on the band, each
-        judged with its own calibrated breaker threshold (an unsure member that knows it is
-        unsure can still be the best choice)."""
+        """The route for one band, each candidate judged with its own calibrated breaker
+        threshold (an unsure member that knows it is unsure can still be the best choice).
+
+        One-standard-error rule: among the candidates whose mean validation metric is within
+        one standard error (of the paired per-episode difference) of the best, the simplest
+        (fewest members) wins, then the best mean. A blend must earn its extra members: on
+        a few hundred validation users, fine blend weights mostly fit noise.
+        """
         fallback = np.array([episode_value(transformed[FALLBACK][i], episodes[i].truth, task)[0]
                              for i in idx])
 
@@ -215,8 +230,9 @@ class Stack(Recommender):
             out = []
             for w, per_episode in zip(weights, values, strict=True):
                 primary = members[int(np.argmax(w))]
-                threshold, value = self._calibrate(per_episode, fallback, primary, idx, confidences)
-                out.append((members, tuple(float(x) for x in w), value, threshold))
+                threshold, applied = self._calibrate(per_episode, fallback, primary, idx, confidences)
+                out.append((members, tuple(float(x) for x in w), float(applied.mean()), threshold,
+                            applied))
             return out
 
         singles = [judged((m,), np.ones((1, 1)))[0] for m in eligible]
@@ -226,10 +242,12 @@ class Stack(Recommender):
         for size in range(2, min(self.max_blend, len(top)) + 1):
             for members in itertools.combinations(top, size):
                 candidates += judged(members, simplex(size, self.blend_step))
-        # Best first; among equals the simpler route (fewer members) wins.
-        candidates.sort(key=lambda c: (-c[2], len(c[0])))
-        members, weights, value, threshold = candidates[0]
-        runner_up = next((c for c in candidates if set(c[0]) != set(members)), None)
+        best = max(candidates, key=lambda c: c[2])
+        within = [c for c in candidates
+                  if best[2] - c[2] <= np.std(best[4] - c[4]) / np.sqrt(len(idx))]
+        members, weights, value, threshold, _ = min(within, key=lambda c: (len(c[0]), -c[2]))
+        others = sorted((c for c in candidates if set(c[0]) != set(members)), key=lambda c: -c[2])
+        runner_up = others[0] if others else None
         return {"members": list(members), "weights": list(weights), "metric": value,
                 "threshold": threshold,
                 "runner_up": None if runner_up is None else _describe(runner_up[0], runner_up[1]),
@@ -238,20 +256,20 @@ class Stack(Recommender):
 
     @staticmethod
     def _calibrate(routed: np.ndarray, fallback: np.ndarray, primary: str, idx: np.ndarray,
-                   confidences: Mapping[str, np.ndarray]) -> tuple[float | None, float]:
+                   confidences: Mapping[str, np.ndarray]) -> tuple[float | None, np.ndarray]:
         """The confidence threshold (of the route's main member) below which handing the
         request to the fallback helps the band's validation metric most (None = never), and
-        the metric it reaches."""
-        best, best_value = None, float(routed.mean())
+        the per-episode metric it leaves."""
+        best, best_values = None, routed
         if primary == FALLBACK or primary not in confidences:
-            return best, best_value
+            return best, best_values
         conf = np.asarray(confidences[primary], dtype=np.float64)[idx]
         for q in np.arange(0.05, 0.51, 0.05):
             threshold = float(np.quantile(conf, q))
-            value = float(np.where(conf < threshold, fallback, routed).mean())
-            if value > best_value + 1e-12:
-                best, best_value = threshold, value
-        return best, best_value
+            values = np.where(conf < threshold, fallback, routed)
+            if values.mean() > best_values.mean() + 1e-12:
+                best, best_values = threshold, values
+        return best, best_values
 
     def _learn_item_weights(self, episodes: Sequence[Any], transformed: dict[str, list],
                             confidences: Mapping[str, np.ndarray], task: str) -> list[float]:
@@ -360,7 +378,7 @@ class Stack(Recommender):
                 out = _pool().submit(call, ctx, items).result(timeout=budget)
         except (Exception, FutureTimeout):  # noqa: BLE001 - any member failure trips the breaker
             return None
-        return _checked(out, items)
+        return _checked(out, items, task)
 
     def _answer(self, ctx: Context, items: np.ndarray, task: str) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
@@ -397,7 +415,7 @@ class Stack(Recommender):
             many = member.predict_many if task == "rating" and member.predicts_ratings else member.score_many
             try:
                 results = many([contexts[i] for i in idx], [items[i] for i in idx])
-                checked = [_checked(r, items[i]) for r, i in zip(results, idx, strict=True)]
+                checked = [_checked(r, items[i], task) for r, i in zip(results, idx, strict=True)]
             except Exception:  # noqa: BLE001
                 checked = [self._call(name, contexts[i], items[i], task, None) for i in idx]
             for i, out in zip(idx, checked, strict=True):
@@ -424,7 +442,7 @@ class Stack(Recommender):
         answers, trips = [], []
         for i, ep in enumerate(episodes):
             needed = self.needed(task, ep.context)
-            raw = {m: _checked(outputs[m][i], ep.candidates) for m in needed}
+            raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in needed}
             route = self._table(task)[band_of(len(ep.context.history), self.bands)]
             primary = self._primary(route)
             confidence = float(confidences[primary][i]) if raw.get(primary) is not None else -np.inf
@@ -439,7 +457,7 @@ class Stack(Recommender):
         """The learned routing table as text: band, choice, weights, validation metrics."""
         lines = []
         for task, table in self.tables.items():
-            metric = "NDCG@10" if task == "next-item" else "-RMSE"
+            metric = "NDCG@10" if task == "next-item" else "-MAE"
             lines.append(f"{task} (validation {metric}; breaker fallback: {FALLBACK})")
             lines.append(f"  {'band':6s} {'users':>5s}  {'choice':38s} {'metric':>7s}  "
                          f"{'threshold':>9s}  runner-up")
@@ -464,14 +482,16 @@ def _describe(members: Sequence[str], weights: Sequence[float]) -> str:
     return " + ".join(f"{w:.1f} {m}" for m, w in zip(members, weights, strict=True))
 
 
-def _checked(output: Any, items: np.ndarray) -> np.ndarray | None:
+def _checked(output: Any, items: np.ndarray, task: str) -> np.ndarray | None:
+    """A member's output, or None when it is broken: the wrong shape, NaN, +inf, or (for
+    ratings) any infinity. -inf ranks an item last, which is a legitimate score."""
     try:
         out = np.asarray(output, dtype=np.float64)
     except (TypeError, ValueError):
         return None
-    if out.shape != np.shape(items) or not np.all(np.isfinite(out)):
-        return None
-    return out
+    broken = np.isnan(out).any() or np.isposinf(out).any() or (
+        task == "rating" and not np.isfinite(out).all())
+    return None if out.shape != np.shape(items) or broken else out
 
 
 def _pool() -> ThreadPoolExecutor:
