@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/sequential.py training
 	$(PY) benchmarks/content_text.py
 	$(PY) benchmarks/stack.py --part items
+	$(PY) benchmarks/full_ranking.py
 
 clean:
 	rm -rf $(VENV) results build *.egg-info
