@@ -184,9 +184,11 @@ def run(
     compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
 ) -> None:
-    """thaw's main job: every model and the stack over them on the new-user split (K = 0, 1, 3,
-    5, 10), then the models that can score new items on the new-item and both-cold splits
-    (item strata N = 0, 1, 3, 5, 10); both protocols throughout."""
+    """thaw's main job: every model and the stack, new users, new items and both, both protocols.
+
+    The new-user split at K = 0, 1, 3, 5, 10 with every model and the stack over them; then the
+    models that can score new items on the new-item and both-cold splits, item strata N = 0, 1,
+    3, 5, 10."""
     from thaw.data.splits import make_split
 
     pairs = _parse_pairs(compare)
