@@ -334,36 +334,46 @@ class _ModelJob:
             model.fit(self.split.train, validate=validate)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        flags = {"constant": 0, "nan": 0, "episodes": 0}
-        rows_out: list[tuple] = []
         rates = self.protocol == "rating" and model.predicts_ratings
-        collected: dict[str, Any] = {"test": {}, "test_confidence": {}}
-        for k in self.ks:
-            outputs = model_outputs(model, self.test_eps[k], self.protocol)
-            rows, f = episode_metrics(name, self.test_eps[k], outputs, self.protocol, rates,
-                                      self.cutoffs)
-            if name in self.collect:
-                collected["test"][k] = outputs
-                collected["test_confidence"][k] = _confidences(model, self.test_eps[k], outputs)
-            flags["constant"] += f["constant"]
-            flags["nan"] += f["nan"]
-            flags["episodes"] += len(rows)
-            for ep, row in zip(self.test_eps[k], rows, strict=True):
-                rows_out += [(name, k, ep.user, m, v) for m, v in row.items()]
-        notes = []
-        if flags["constant"]:
-            notes.append(f"{name}: scored every candidate the same for {flags['constant']} of "
-                         f"{flags['episodes']} episodes (ties count against it)")
-        if flags["nan"]:
-            notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
-                         "episodes (NaN counts against it)")
+        outputs = {k: model_outputs(model, self.test_eps[k], self.protocol) for k in self.ks}
+        rows_out, notes = _rows_and_notes(name, self.test_eps, outputs, self.protocol, rates,
+                                          self.cutoffs)
+        collected: dict[str, Any] = {}
         if name in self.collect:
+            collected["test"] = outputs
+            collected["test_confidence"] = {k: model_confidences(model, self.test_eps[k], outputs[k])
+                                            for k in self.ks}
             collected["val"] = model_outputs(model, self.stack_val_eps, self.protocol)
-            collected["val_confidence"] = _confidences(model, self.stack_val_eps, collected["val"])
+            collected["val_confidence"] = model_confidences(model, self.stack_val_eps, collected["val"])
         return rows_out, (name, fit_seconds, time.perf_counter() - start), notes, collected
 
 
-def _confidences(model: Recommender, eps: Sequence[Episode], outputs: Sequence[np.ndarray]) -> np.ndarray:
+def _rows_and_notes(name: str, test_eps: Mapping[int, Sequence[Episode]],
+                    outputs: Mapping[int, Sequence[np.ndarray]], protocol: str, rates: bool,
+                    cutoffs: Sequence[int]) -> tuple[list[tuple], list[str]]:
+    """Per-user metric rows of outputs at every K, and notes on constant or NaN outputs."""
+    rows_out: list[tuple] = []
+    flags = {"constant": 0, "nan": 0, "episodes": 0}
+    for k, eps in test_eps.items():
+        rows, f = episode_metrics(name, eps, outputs[k], protocol, rates, cutoffs)
+        flags["constant"] += f["constant"]
+        flags["nan"] += f["nan"]
+        flags["episodes"] += len(rows)
+        for ep, row in zip(eps, rows, strict=True):
+            rows_out += [(name, k, ep.user, m, v) for m, v in row.items()]
+    notes = []
+    if flags["constant"]:
+        notes.append(f"{name}: scored every candidate the same for {flags['constant']} of "
+                     f"{flags['episodes']} episodes (ties count against it)")
+    if flags["nan"]:
+        notes.append(f"{name}: returned NaN scores in {flags['nan']} of {flags['episodes']} "
+                     "episodes (NaN counts against it)")
+    return rows_out, notes
+
+
+def model_confidences(model: Recommender, eps: Sequence[Episode],
+                      outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The model's ``confidence`` on each episode's outputs (what the stack's breaker reads)."""
     return np.array([model.confidence(e.context, o) for e, o in zip(eps, outputs, strict=True)],
                     dtype=np.float64)
 
@@ -383,18 +393,13 @@ def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: 
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     rates = protocol == "rating" and stack.predicts_ratings
-    rows_out, trips, notes = [], {}, []
+    answers, trips = {}, {}
     for k in ks:
-        answers, tripped = stack.combine_outputs(
+        answers[k], tripped = stack.combine_outputs(
             protocol, test_eps[k], {m: c["test"][k] for m, c in collected.items()},
             {m: c["test_confidence"][k] for m, c in collected.items()})
-        rows, flags = episode_metrics(name, test_eps[k], answers, protocol, rates, cutoffs)
         trips[k] = float(np.mean(tripped)) if tripped else 0.0
-        for ep, row in zip(test_eps[k], rows, strict=True):
-            rows_out += [(name, k, ep.user, m, v) for m, v in row.items()]
-        if flags["constant"]:
-            notes.append(f"{name}: scored every candidate the same for {flags['constant']} "
-                         f"episodes at K={k} (ties count against it)")
+    rows_out, notes = _rows_and_notes(name, test_eps, answers, protocol, rates, cutoffs)
     meta = {"members": list(stack.members), "table": stack.tables[protocol],
             "item_weights": stack.item_weights[protocol], "item_bands": stack.item_bands,
             "trip_share": trips, "explain": stack.explain()}
@@ -443,6 +448,12 @@ COMPARISON_COLUMNS = ["K", "metric", "model_a", "model_b", "better", "test", "us
                       "p_value", "p_holm", "significant"]
 
 
+def paired_p(diff: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of per-user differences (1.0 when all are zero)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    return 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(diff, zero_method="zsplit").pvalue)
+
+
 def compare(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None,
             alpha: float = 0.05) -> pd.DataFrame:
     """Paired tests between models, for each K and metric, over the users both were scored on.
@@ -480,10 +491,7 @@ def compare(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = No
             if both.sum() < 2:
                 continue
             diff = values[a][both] - values[b][both]
-            if np.allclose(diff, 0):
-                p = 1.0
-            else:
-                p = float(stats.wilcoxon(diff, zero_method="zsplit").pvalue)
+            p = paired_p(diff)
             mean_diff = float(diff.mean())
             better = a if (mean_diff < 0 if lower else mean_diff > 0) else b if mean_diff else ""
             rows.append([int(k), metric, a, b, better, "wilcoxon", int(both.sum()), mean_diff, p])

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from thaw.eval.protocol import LOWER_IS_BETTER
+from thaw.eval.protocol import LOWER_IS_BETTER, paired_p
 
 
 def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,
@@ -35,8 +33,7 @@ def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric:
         best = means.idxmin() if lower else means.idxmax()
         oracle = (wide[present].min(axis=1) if lower else wide[present].max(axis=1)).mean()
         diff = wide[stack] - wide[best]
-        p = 1.0 if np.allclose(diff, 0) else float(
-            stats.wilcoxon(wide[stack], wide[best], zero_method="zsplit").pvalue)
+        p = paired_p(diff.to_numpy())
         gap = oracle - means[best]
         captured = float((wide[stack].mean() - means[best]) / gap) if abs(gap) > 1e-12 else float("nan")
         worse = (diff.mean() > 0) if lower else (diff.mean() < 0)

@@ -149,7 +149,7 @@ class Stack(Recommender):
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         """Fit the members (unless handed fitted), then learn the table on validation users."""
-        from thaw.eval.protocol import model_outputs
+        from thaw.eval.protocol import model_confidences, model_outputs
 
         if not self.fitted_members:
             for member in self.members.values():
@@ -159,8 +159,7 @@ class Stack(Recommender):
         outputs, confidences = {}, {}
         for name, member in self.members.items():
             outputs[name] = model_outputs(member, episodes, self.task)
-            confidences[name] = np.array([member.confidence(e.context, o)
-                                          for e, o in zip(episodes, outputs[name], strict=True)])
+            confidences[name] = model_confidences(member, episodes, outputs[name])
         return self.learn(data, episodes, outputs, confidences)
 
     def learn(self, data: Dataset, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
