@@ -49,7 +49,8 @@ def _counting_encoder(monkeypatch):
 
 def test_minilm_puts_the_other_space_film_nearest_a_space_film(tmp_path):
     data = _text_data()
-    model = make_model("content-minilm", cache_dir=tmp_path).fit(data)
+    # no popularity prior: this is about the similarity (the prior has its own tests below)
+    model = make_model("content-minilm", cache_dir=tmp_path, popularity_weight=0.0).fit(data)
     assert model.name == "content-minilm" and model.encoder == "minilm"
     assert np.allclose(np.linalg.norm(model.vectors, axis=1), 1.0)  # cosine = dot product
     idx = {raw: i for i, raw in enumerate(data.item_ids)}
@@ -144,7 +145,7 @@ def _independent_tfidf(docs):
     return np.array(rows)
 
 
-def test_tfidf_is_still_the_default_and_scores_as_before():
+def test_tfidf_is_still_the_default_and_scores_similarity_plus_the_popularity_prior():
     items = pd.DataFrame({"title": ["Space War", "Space War II", "Love Story", "Space Love"],
                           "year": [1977.0, 1980.0, 1970.0, 1983.0],
                           "genres": [("Sci-Fi",), ("Sci-Fi", "War"), ("Romance",), ("Romance",)]},
@@ -161,7 +162,8 @@ def test_tfidf_is_still_the_default_and_scores_as_before():
     cand = np.arange(4)
     cosine = vectors[cand] @ vectors[support].T
     counts = np.bincount(data.interactions.item, minlength=4)
-    assert np.allclose(model.score(ctx, cand), cosine.sum(1) + counts / counts.max() * 1e-9)
+    prior = 3.0 * np.log1p(counts) / np.log1p(counts.max())  # the default popularity weight
+    assert np.allclose(model.score(ctx, cand), cosine.sum(1) + prior + counts / counts.max() * 1e-9)
     mean = data.interactions.rating.mean()
     sums = np.bincount(data.interactions.item, weights=data.interactions.rating, minlength=4)
     item_means = (sums + 5.0 * mean) / (counts + 5.0)
@@ -208,10 +210,12 @@ def test_profile_fallback_ranks_what_similar_warm_users_took_first(planted):
     for ctx in (Context(None), Context(None, profile={"occupation": "astronaut"})):
         plain = dict(zip("ABCD", model.score(ctx, cand), strict=True))
         assert plain["C"] > plain["A"]
-        assert np.array_equal(model.score(ctx, cand), model.popularity[cand])
+        assert np.allclose(model.score(ctx, cand), model.popularity_weight
+                           * model.log_popularity[cand] + model.popularity[cand])
     # switched off: the popularity order again
     off = make_model("content", neighbours=0).fit(data)
-    assert np.array_equal(off.score(woman, cand), off.popularity[cand])
+    assert np.allclose(off.score(woman, cand), off.popularity_weight * off.log_popularity[cand]
+                       + off.popularity[cand])
 
 
 def test_profile_fallback_predicts_the_neighbours_ratings_shrunk_to_the_item_mean(planted):
@@ -268,3 +272,59 @@ def test_a_known_user_is_scored_from_their_training_interactions_too(tmp_path):
     stranger = model.score(Context(user=None), items)
     assert not stranger[0] > stranger[1] + 1e-6  # without the history nothing favours space
     assert model.predict(Context(user=u1), items)[0] > model.predict(Context(user=None), items)[0]
+
+
+# --- the popularity prior ------------------------------------------------------------------
+
+def _prior_data():
+    """"Space War" was watched by everyone, "Space War II" (the closest film to "Space Love")
+    by one user; "Love Story" is rated by two."""
+    items = pd.DataFrame({"title": ["Space War", "Space War II", "Love Story", "Space Love"],
+                          "genres": [("Sci-Fi",), ("Romance", "Sci-Fi"), ("Romance",), ("Romance", "Sci-Fi")]},
+                         index=["popular", "similar", "l", "s"])
+    rows = [(f"u{u}", "popular", 4.0, 1) for u in range(20)] + [("u0", "similar", 4.0, 2),
+                                                                 ("u1", "l", 3.0, 2), ("u2", "l", 3.0, 3)]
+    data = tiny_dataset(rows, items=items)
+    return data, {raw: i for i, raw in enumerate(data.item_ids)}
+
+
+def test_the_popularity_prior_tempers_similarity_and_zero_weight_is_pure_similarity():
+    data, idx = _prior_data()
+    ctx = Context(None, history=history([idx["s"]], [5.0]))
+    cand = np.array([idx["popular"], idx["similar"]])
+    pure = make_model("content", popularity_weight=0.0).fit(data)
+    assert pure.score(ctx, cand)[1] > pure.score(ctx, cand)[0]  # similarity alone: the obscure one
+    tempered = make_model("content", popularity_weight=3.0).fit(data)
+    assert tempered.score(ctx, cand)[0] > tempered.score(ctx, cand)[1]
+    sims = tempered.similarity(cand, np.array([idx["s"]])).sum(1)
+    assert np.allclose(tempered.score(ctx, cand) - pure.score(ctx, cand),
+                       3.0 * np.log1p([20, 1]) / np.log1p(20))
+    assert np.allclose(pure.score(ctx, cand), sims + pure.popularity[cand])
+    assert np.array_equal(tempered.predict(ctx, cand), pure.predict(ctx, cand))  # ratings untouched
+
+
+def test_the_popularity_weight_is_chosen_on_validation_for_ranking_only():
+    data, _ = _prior_data()
+    seen = []
+
+    def validate(model):
+        seen.append(model.popularity_weight)
+        return -abs(model.popularity_weight - 1.0)
+
+    model = make_model("content", popularity_grid=(0.0, 1.0, 5.0)).fit(data, validate=validate)
+    assert seen == [0.0, 1.0, 5.0] and model.popularity_weight == 1.0
+    seen.clear()
+    rating = make_model("content", popularity_grid=(0.0, 1.0, 5.0))
+    rating.set_task("rating")
+    rating.fit(data, validate=validate)
+    assert seen == [] and rating.popularity_weight == 3.0  # the prior does not touch ratings
+
+
+def test_a_known_user_gets_no_popularity_prior_so_new_items_compete_on_content():
+    data, idx = _prior_data()
+    model = make_model("content", popularity_weight=10.0).fit(data)
+    u0 = int(np.flatnonzero(data.user_ids == "u0")[0])
+    cand = np.arange(data.n_items)
+    own = np.array([idx["popular"], idx["similar"]])
+    expected = model.similarity(cand, own).sum(1) + model.popularity[cand]
+    assert np.allclose(model.score(Context(user=u0), cand), expected)

@@ -100,3 +100,57 @@ def test_new_items_share_one_code_and_are_scored_through_features():
     user = next(iter(split.test))
     out = model.predict(Context(user, Interactions.empty(), {}), held)
     assert np.all(np.isfinite(out)) and out.std() > 0  # features still tell new items apart
+
+
+def test_choice_weights_become_the_hard_choice_as_the_temperature_goes_to_zero():
+    from thaw.meta.hml import choice_weights
+
+    losses = torch.tensor([[0.30, 0.10, 0.20], [0.50, 0.50, 0.40], [0.2, 0.2, 0.9]])
+    hard = choice_weights(losses, 0.0)
+    assert torch.equal(hard, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(choice_weights(losses[:2], 1e-4), hard[:2], atol=1e-6)
+    assert torch.allclose(choice_weights(losses, float("inf")), torch.full((3, 3), 1 / 3))
+    soft = choice_weights(losses, 0.1)
+    assert torch.allclose(soft.sum(1), torch.ones(3)) and soft[0, 1] > soft[0, 2] > soft[0, 0]
+
+
+def test_soft_hml_at_temperature_zero_is_hml_number_for_number(small_split):
+    """Trained the paper's way and choosing hard, hml-soft is hml; a small temperature stays
+    close to it, a large one does not."""
+    same = {"n_inits": 3, "epochs": 2, "seed": 1}
+    hml = make_model("hml", **same).fit(small_split.train)
+    soft = make_model("hml-soft", temperature=0.0, temperature_grid=(), train_choice="query", lr=1e-3,
+                      **same).fit(small_split.train)
+    assert hml.history == soft.history
+    users = list(small_split.test)[:6]
+    contexts = [Context(None, small_split.test[u].take(slice(0, 3)), small_split.train.profile(u))
+                for u in users]
+    items = [np.arange(small_split.train.n_items)] * len(contexts)
+    hard_out = np.array(hml.predict_many(contexts, items))
+    assert np.allclose(np.array(soft.predict_many(contexts, items)), hard_out, atol=1e-5)
+    soft.temperature = 1e-6
+    assert np.allclose(np.array(soft.predict_many(contexts, items)), hard_out, atol=1e-4)
+    soft.temperature = float("inf")
+    assert not np.allclose(np.array(soft.predict_many(contexts, items)), hard_out, atol=1e-4)
+
+
+def test_soft_hml_chooses_its_temperature_on_validation_and_can_train_the_choice(small_split):
+    from thaw.eval.protocol import SplitValidator
+
+    validate = SplitValidator(small_split, "rating", ks=(1, 3))
+    model = make_model("hml-soft", n_inits=2, epochs=1, train_choice="support",
+                       temperature_grid=(0.0, 0.1, float("inf")))
+    model.set_task("rating")
+    model.fit(small_split.train, validate=validate)
+    assert set(model.temperature_scores) == {0.0, 0.1, float("inf")}
+    assert model.temperature == max(model.temperature_scores, key=model.temperature_scores.get)
+    assert model.cluster_sizes.sum() > 0
+
+
+def test_soft_hml_trains_the_choice_by_protocol_unless_told():
+    model = make_model("hml-soft")
+    model.set_task("rating")
+    assert model.choice_in_training() == "support"
+    model.set_task("next-item")
+    assert model.choice_in_training() == "query"
+    assert make_model("hml-soft", train_choice="support").choice_in_training() == "support"

@@ -9,10 +9,11 @@ from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 from thaw.eval.protocol import evaluate
 from thaw.models.base import Context
+from thaw.models.baselines import fit_biases
 from thaw.models.mf import explicit_fold_in, implicit_fold_in
 from thaw.registry import make_model, model_names
 
-BASELINES = ["random", "pop", "segment-pop", "content", "mf", "bpr"]
+BASELINES = ["random", "pop", "segment-pop", "bias", "content", "mf", "bpr"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_every_baseline_beats_random_at_ranking(planted_results, model):
     assert ours > table.loc["random", "ndcg@10"].mean() + 0.1
 
 
-@pytest.mark.parametrize("model", ["pop", "segment-pop", "content", "mf"])
+@pytest.mark.parametrize("model", ["pop", "segment-pop", "bias", "content", "mf"])
 def test_every_rating_baseline_beats_random_at_mae(planted_results, model):
     table = planted_results["rating"]
     assert table.loc[model, "mae"].mean() < table.loc["random", "mae"].mean() - 0.3
@@ -87,7 +88,7 @@ def test_content_scores_items_like_the_support_higher_and_handles_new_items():
                          index=["s1", "s2", "l", "new"])
     rows = [("u1", "s1", 5.0, 1), ("u1", "l", 1.0, 2), ("u2", "s2", 4.0, 1), ("u2", "l", 2.0, 3)]
     data = tiny_dataset(rows, items=items)
-    model = make_model("content").fit(data)
+    model = make_model("content", popularity_weight=0.0).fit(data)  # similarity alone (see test_content)
     idx = {raw: i for i, raw in enumerate(data.item_ids)}
     ctx = Context(None, history=history([idx["s1"]], [5.0]))
     scores = model.score(ctx, np.array([idx["s2"], idx["l"], idx["new"]]))
@@ -152,3 +153,58 @@ def test_batched_als_steps_match_the_per_user_fold_in():
         assert np.allclose(batched[u], expected)
         x, b = explicit_fold_in(factors, ratings[users == u], items[users == u], reg=0.2)
         assert np.allclose(x_all[u], x) and np.isclose(b_all[u], b)
+
+
+def test_bias_als_matches_a_hand_computation():
+    """u0 rates i0 5 and i1 3, u1 rates i0 4; mu = 4, both regularisers 1, one ALS sweep:
+    b_i0 = (1 + 0) / (1 + 2) = 1/3, b_i1 = -1 / (1 + 1) = -1/2, then
+    b_u0 = ((5 - 4 - 1/3) + (3 - 4 + 1/2)) / (1 + 2) = 1/18, b_u1 = (0 - 1/3) / (1 + 1) = -1/6."""
+    users, items, ratings = np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([5.0, 3.0, 4.0])
+    mu, b_u, b_i = fit_biases(users, items, ratings, 2, 2, reg_user=1.0, reg_item=1.0, iterations=1)
+    assert mu == 4.0
+    assert np.allclose(b_i, [1 / 3, -1 / 2]) and np.allclose(b_u, [1 / 18, -1 / 6])
+
+
+def test_bias_als_converges_to_the_joint_ridge_solution():
+    """Alternating exact half steps reach the minimiser of the joint regularised problem,
+    solved here in one go from its normal equations."""
+    rng = np.random.default_rng(4)
+    users, items = rng.integers(0, 7, 80), rng.integers(0, 9, 80)
+    ratings = rng.integers(1, 6, 80).astype(np.float64)
+    mu, b_u, b_i = fit_biases(users, items, ratings, 7, 9, reg_user=2.0, reg_item=5.0, iterations=500)
+    design = np.zeros((80, 16))
+    design[np.arange(80), users] = 1.0
+    design[np.arange(80), 7 + items] = 1.0
+    penalty = np.diag([2.0] * 7 + [5.0] * 9)
+    joint = np.linalg.solve(design.T @ design + penalty, design.T @ (ratings - ratings.mean()))
+    assert np.allclose(np.concatenate([b_u, b_i]), joint, atol=1e-8)
+
+
+def test_bias_folds_a_cold_users_bias_in_from_the_support_and_k0_is_mu_plus_item_bias():
+    data = tiny_dataset([("a", "x", 5, 1), ("a", "y", 3, 2), ("b", "x", 4, 3), ("b", "z", 2, 4),
+                         ("c", "y", 4, 5), ("c", "z", 1, 6)])
+    model = make_model("bias", reg_user=2.0, reg_item=3.0, grid=()).fit(data)
+    items = np.arange(data.n_items)
+    mu, b_i = model.global_mean, model.item_bias
+    assert np.isclose(mu, 19 / 6)
+    cold = Context(user=None)
+    assert np.allclose(model.predict(cold, items), mu + b_i)
+    assert np.allclose(model.score(cold, items), mu + b_i)
+    support = Context(user=None, history=history([0, 2], [5.0, 4.0]))
+    b_u = ((5.0 - mu - b_i[0]) + (4.0 - mu - b_i[2])) / (2.0 + 2)
+    assert np.allclose(model.predict(support, items), mu + b_i + b_u)
+    assert np.allclose(model.score(support, items), mu + b_i)  # the user's bias shifts every item alike
+    warm = Context(user=0)
+    assert np.allclose(model.predict(warm, items), mu + b_i + model.user_bias[0])
+
+
+def test_bias_takes_its_regularisers_from_the_validator():
+    data = make_synthetic(n_users=40, n_items=30, seed=1)
+    seen = []
+
+    def validate(model):
+        seen.append((model.reg_user, model.reg_item))
+        return -abs(model.reg_user - 3.0) - abs(model.reg_item - 10.0)
+
+    model = make_model("bias", grid=(1.0, 3.0, 10.0)).fit(data, validate=validate)
+    assert len(seen) == 9 and (model.reg_user, model.reg_item) == (3.0, 10.0)

@@ -20,7 +20,7 @@ from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender
 from thaw.registry import MODELS, make_model, model_names
 
-FEATURE_NETS = ("melu", "maml", "fomaml", "hml", "finetune", "widedeep", "deepfm")
+FEATURE_NETS = ("melu", "maml", "fomaml", "hml", "hml-soft", "finetune", "widedeep", "deepfm")
 METACSR = ("metacsr", "metacsr-nodiffusion", "metacsr-noseq", "metacsr-nometa")
 SMALL = {"mf": {"iterations": 2, "dim": 4}, "bpr": {"epochs": 2, "dim": 8},
          "sasrec": {"epochs": 1, "dim": 8, "max_len": 8}, "gru4rec": {"epochs": 1, "dim": 8, "max_len": 8},

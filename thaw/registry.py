@@ -1,9 +1,10 @@
 """Every model thaw has, by name: what ``make_model``, ``thaw models``, ``--param`` and
 ``thaw.load`` read.
 
-A plain module: it imports each model class and lists it, and a class carries its registry
-name as its ``name`` attribute. Adding a model means importing it here. It sits above
-thaw/models, thaw/meta and thaw/stack because it imports from all three.
+A plain table: each name with the module and class that implement it, and a class carries its
+registry name as its ``name`` attribute. Adding a model means adding its line to ``WHERE``.
+It sits above thaw/models, thaw/meta and thaw/stack because it imports from all three, on
+first use only.
 """
 
 from __future__ import annotations
@@ -11,53 +12,82 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from thaw.errors import ThawError
-from thaw.meta.hml import HML
-from thaw.meta.melu import FineTune, FirstOrderMAML, FullMAML, MeLU
-from thaw.meta.metacsr import MetaCSR, MetaCSRNoDiffusion, MetaCSRNoMeta, MetaCSRNoSequence
-from thaw.meta.metatl import MetaTLModel, MetaTLNoMAML
-from thaw.models.base import Recommender
-from thaw.models.baselines import Popularity, RandomRecommender, SegmentPopularity
-from thaw.models.content import ContentKNN, ContentMiniLM
-from thaw.models.mf import BPR, MatrixFactorization
-from thaw.models.sequential import GRU4Rec, SASRec
-from thaw.models.widedeep import DeepFM, WideDeep
-from thaw.stack.router import Stack
+
+if typing.TYPE_CHECKING:
+    from thaw.models.base import Recommender
+
+WHERE: dict[str, str] = {
+    "random": "thaw.models.baselines:RandomRecommender",
+    "pop": "thaw.models.baselines:Popularity",
+    "segment-pop": "thaw.models.baselines:SegmentPopularity",
+    "bias": "thaw.models.baselines:Biases",
+    "content": "thaw.models.content:ContentKNN",
+    "content-minilm": "thaw.models.content:ContentMiniLM",
+    "mf": "thaw.models.mf:MatrixFactorization",
+    "bpr": "thaw.models.mf:BPR",
+    "melu": "thaw.meta.melu:MeLU",
+    "maml": "thaw.meta.melu:FullMAML",
+    "fomaml": "thaw.meta.melu:FirstOrderMAML",
+    "finetune": "thaw.meta.melu:FineTune",
+    "hml": "thaw.meta.hml:HML",
+    "hml-soft": "thaw.meta.hml:SoftHML",
+    "widedeep": "thaw.models.widedeep:WideDeep",
+    "deepfm": "thaw.models.widedeep:DeepFM",
+    "sasrec": "thaw.models.sequential:SASRec",
+    "gru4rec": "thaw.models.sequential:GRU4Rec",
+    "metatl": "thaw.meta.metatl:MetaTLModel",
+    "metatl-nomaml": "thaw.meta.metatl:MetaTLNoMAML",
+    "metacsr": "thaw.meta.metacsr:MetaCSR",
+    "metacsr-nodiffusion": "thaw.meta.metacsr:MetaCSRNoDiffusion",
+    "metacsr-noseq": "thaw.meta.metacsr:MetaCSRNoSequence",
+    "metacsr-nometa": "thaw.meta.metacsr:MetaCSRNoMeta",
+    "stack": "thaw.stack.router:Stack",
+}
+"""Registry name -> "module:Class", in the order ``thaw models`` lists them. The classes are
+imported on first use (``MODELS``), so listing the names imports no model, and no torch."""
 
 
-def _by_name(classes: Iterable[type[Recommender]]) -> dict[str, type[Recommender]]:
+def _by_name(where: dict[str, str]) -> dict[str, type[Recommender]]:
+    import importlib
+
     out: dict[str, type[Recommender]] = {}
-    for cls in classes:
-        name = vars(cls).get("name")
-        if not isinstance(name, str):  # an inherited name would make two models one
-            raise TypeError(f"{cls.__name__} does not set its own registry name")
-        if name in out:
-            raise TypeError(f"model name '{name}' is used by {out[name].__name__} and {cls.__name__}")
+    for name, target in where.items():
+        module, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if vars(cls).get("name") != name:  # an inherited name would make two models one
+            raise TypeError(f"{cls.__name__} does not set its own registry name '{name}'")
         out[name] = cls
     return out
 
 
-MODELS: dict[str, type[Recommender]] = _by_name((
-    RandomRecommender, Popularity, SegmentPopularity, ContentKNN, ContentMiniLM,
-    MatrixFactorization, BPR, MeLU, FullMAML, FirstOrderMAML, FineTune, HML, WideDeep, DeepFM,
-    SASRec, GRU4Rec, MetaTLModel, MetaTLNoMAML, MetaCSR, MetaCSRNoDiffusion, MetaCSRNoSequence,
-    MetaCSRNoMeta, Stack))
-"""Registry name -> model class, in the order ``thaw models`` lists them."""
+def __getattr__(attr: str) -> Any:
+    if attr == "MODELS":
+        return _models()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def _models() -> dict[str, type[Recommender]]:
+    """``MODELS``: registry name -> model class, every model imported (once, on first use)."""
+    if "MODELS" not in globals():
+        globals()["MODELS"] = _by_name(WHERE)
+    return globals()["MODELS"]
 
 
 def model_names() -> list[str]:
-    """Every model thaw has, in the registry's order."""
-    return list(MODELS)
+    """Every model thaw has, in the registry's order (nothing imported)."""
+    return list(WHERE)
 
 
 def model_class(name: str) -> type[Recommender]:
-    if name not in MODELS:
-        raise ThawError(f"unknown model '{name}'; known models: {', '.join(MODELS)}")
-    return MODELS[name]
+    models = _models()
+    if name not in models:
+        raise ThawError(f"unknown model '{name}'; known models: {', '.join(models)}")
+    return models[name]
 
 
 def make_model(name: str, *, seed: int | None = None, **params: Any) -> Recommender:
@@ -77,6 +107,8 @@ def make_model(name: str, *, seed: int | None = None, **params: Any) -> Recommen
 def parameters(name: str) -> dict[str, inspect.Parameter]:
     """The constructor parameters of model ``name``, annotations resolved to types. A
     constructor that passes ``**kwargs`` on to its base class has the base's parameters too."""
+    from thaw.models.base import Recommender
+
     out: dict[str, inspect.Parameter] = {}
     for cls in model_class(name).__mro__:
         if cls is Recommender or cls is object:
