@@ -100,13 +100,13 @@ def test_models_and_datasets_commands():
     (["evaluate", "--dataset", "/no/such/file.csv"], "no/such/file.csv"),
     (["evaluate", "--models", "random,unicorn"], "unknown model(s) unicorn"),
     (["evaluate", "--ks", "1,x"], "--ks must be"),
-    (["evaluate", "--protocol", "psychic", "--models", "random"], "unknown protocol"),
+    (["evaluate", "--protocol", "psychic", "--models", "random"], "--protocol must be one of next-item, rating"),
     (["evaluate", "--split", "/no/such/folder"], "interactions.csv"),
     (["evaluate", "--compare", "mf"], "--compare takes model pairs a:b"),
     (["evaluate", "--models", "random,pop", "--compare", "pop:mf"], "--compare names mf"),
 ])
-def test_user_errors_are_one_line_without_traceback(args, message):
-    done = thaw(*args)
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    done = thaw(*args, cwd=tmp_path)  # the default --out, results/, is made there
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr

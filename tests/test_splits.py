@@ -260,3 +260,22 @@ def test_pos_fixes_the_order_models_train_on(tmp_path):
     tasks = SequenceTasks(split.train, max_len=5, max_query=2, n_negatives=1, seed=0)
     (sequence,) = tasks.sequences.values()
     assert [split.train.item_ids[i] for i in sequence] == ["i3", "i1", "i0", "i2"]
+
+
+def test_external_split_duplicates_and_ratings_off_the_scale(tmp_path):
+    rows = [f"w{u},i{i},{1 + (u + i) % 5},{i},train" for u in range(30) for i in range(8)]
+    rows += ["t1,i3,5,10,test", "t1,i1,2,20,test", "t1,i3,5,10,test"]
+    with pytest.warns(UserWarning, match=r"1 row repeats .*first at line 244"):
+        split = read_split_folder(_write_external(tmp_path / "dup", rows))
+    assert [len(s) for s in split.test.values()] == [2]
+    rows[5] = "w0,i5,99,5,train"
+    with pytest.raises(DataError, match="far outside") as info:
+        read_split_folder(_write_external(tmp_path / "scale", rows))
+    assert info.value.line == 7 and info.value.column == "rating"
+
+
+def test_fraction_messages_say_what_is_wrong(synthetic):
+    with pytest.raises(ThawError, match=r"test_frac=1\.5: a fraction must be at least 0 and below 1"):
+        make_split(synthetic, test_frac=1.5)
+    with pytest.raises(ThawError, match=r"test_frac=0 holds out no test users"):
+        make_split(synthetic, "new-item", test_frac=0)

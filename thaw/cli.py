@@ -1,33 +1,106 @@
-"""The ``thaw`` command line. User errors print one clear line and exit 2, never a traceback."""
+"""The ``thaw`` command line. User errors print one clear line and exit 2, never a traceback;
+Ctrl-C prints one line and exits 130 (SIGTERM: 143), with every worker process stopped.
+
+Everything heavy (numpy, pandas, torch, the models) is imported inside the command that needs
+it, so ``thaw --help`` and ``thaw models`` answer at once. Commands that live in other modules
+are listed in ``LAZY_COMMANDS`` and imported only when they run.
+"""
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
+from typer.core import TyperGroup
 
+from thaw import errors
 from thaw.errors import ThawError
 
-app = typer.Typer(help="thaw: recommendation for users and items with little or no history.",
+# Commands defined elsewhere: name -> ("module:function", one-line help for `thaw --help`).
+# The help is given here so that listing the commands imports nothing; tests check that it
+# is the function's own first docstring line.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "bandit-sim": ("thaw.bandits.cli:bandit_sim",
+                   "Simulate bandit policies on a data set and write their cumulative regret (CSV and PNG)."),
+    "bandit-replay": ("thaw.bandits.cli:bandit_replay",
+                      "Evaluate bandit policies offline on a log: replay (uniform logs) and IPS/SNIPS/DR "
+                      "(any logged propensities)."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level command group: LAZY_COMMANDS are imported when they run, not when listed."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            target, short = LAZY_COMMANDS[cmd_name]
+            if self._listing:  # `thaw --help`: the name and its line are enough
+                return typer.core.TyperCommand(cmd_name, help=short)
+            self.add_command(_load_command(cmd_name, target), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def _load_command(name: str, target: str) -> Any:
+    import importlib
+
+    module, _, function = target.partition(":")
+    holder = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    holder.command(name)(getattr(importlib.import_module(module), function))
+    return typer.main.get_command(holder)
+
+
+app = typer.Typer(cls=_LazyGroup, help="thaw: recommendation for users and items with little or no history.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 DEFAULT_DATASET = "ml-100k"
-# Models are small and run on one thread each, so fitting several at once uses the cores;
-# capped at 4 because more processes mostly add memory (each imports torch).
-DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+MAX_JOBS = 4
 # The main job's new-item and both-cold runs: the models that can score an item nobody has
 # rated (through its content or features, or a popularity prior), and the stack over them.
-ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "content", "content-minilm", "mf", "bpr", "melu",
+ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr", "melu",
                     "fomaml", "widedeep", "deepfm", "stack")
 ITEM_STRATA = (0, 1, 3, 5, 10)
+# Options that change how a run goes, not what it computes: a results folder written with
+# other values of these is still "the same command" (see OUT_HELP).
+NOT_RESULT_SETTINGS = frozenset({"out", "jobs", "progress", "overwrite"})
+FEW_TEST_USERS = 30
 
+JOBS_HELP = (f"Models fitted at once, each in its own process on one thread (the numbers are the same as "
+             f"with 1). Default: the cores not busy when the run starts (by the load average), at most "
+             f"{MAX_JOBS}; give fewer when other work will share the cores.")
+OUT_HELP = ("Results folder, written whole at the end (a temporary folder moved into place): an "
+            "interrupted run leaves the previous results untouched. An existing results folder is "
+            "replaced only by a rerun of the command that wrote it (same command and settings; "
+            "--jobs and --progress may differ); other results need --overwrite.")
+OVERWRITE_HELP = "Replace a results folder written by another command."
+COMPARE_HELP = ("Model pairs to test, e.g. mf:bpr,metatl:metatl-nomaml (default: every pair); "
+                "comparisons.csv has each pair's Wilcoxon p, raw and Holm-corrected.")
+PARAM_HELP = ("A model's hyperparameter, MODEL.NAME=VALUE (e.g. sasrec.epochs=25, melu.hidden=32,32); "
+              "repeat the option or separate with commas. Recorded in results.json.")
+RATING_SCALE_HELP = ("The ratings' scale, LOW,HIGH (e.g. 1,5); a rating outside it is an error naming its "
+                     "line. Default: MovieLens's 1-5, else inferred from the bulk of the ratings.")
+
+
+# --- reading and checking options (all before any work) ---------------------------------------
 
 def _csv_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -54,8 +127,22 @@ def _parse_columns(text: str | None) -> dict[str, str] | None:
         if "=" not in part:
             raise ThawError(f"--columns takes name=column pairs (e.g. user=uid,item=iid), got '{part}'")
         key, value = part.split("=", 1)
+        if key.strip() not in ("user", "item", "rating", "ts"):
+            raise ThawError(f"--columns names user, item, rating and ts (e.g. user=uid,item=iid), got '{key.strip()}'")
         mapping[key.strip()] = value.strip()
     return mapping
+
+
+def _parse_scale(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ThawError(f"--rating-scale takes LOW,HIGH (e.g. 1,5), got '{text}'") from None
+    if not low < high:
+        raise ThawError(f"--rating-scale takes LOW,HIGH with LOW below HIGH, got '{text}'")
+    return low, high
 
 
 def _parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
@@ -68,14 +155,6 @@ def _parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
             raise ThawError(f"--compare takes model pairs a:b, comma-separated (e.g. mf:bpr,metatl:metatl-nomaml), got '{part}'")
         pairs.append((a.strip(), b.strip()))
     return pairs
-
-
-COMPARE_HELP = ("Model pairs to test, e.g. mf:bpr,metatl:metatl-nomaml (default: every pair); "
-                "comparisons.csv has each pair's Wilcoxon p, raw and Holm-corrected.")
-
-
-PARAM_HELP = ("A model's hyperparameter, MODEL.NAME=VALUE (e.g. sasrec.epochs=25, melu.hidden=32,32); "
-              "repeat the option or separate with commas. Recorded in results.json.")
 
 
 def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -114,6 +193,122 @@ def _check_params(params: Mapping[str, Any], names: list[str]) -> None:
                         f"({', '.join(sorted(in_play))})")
 
 
+def _check_models(names: list[str], pairs: list[tuple[str, str]] | None,
+                  params: Mapping[str, Any]) -> None:
+    unknown = sorted({m for pair in pairs or () for m in pair} - set(names))
+    if unknown:
+        raise ThawError(f"--compare names {', '.join(unknown)}, not among the models run")
+    _check_params(params, names)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ThawError(f"--{what} must be one of {', '.join(choices)}, got '{value}'")
+
+
+def _check_common(seed: int, jobs: int | None, bootstrap: int = 1) -> None:
+    if seed < 0:
+        raise ThawError(f"--seed must be a non-negative integer, got {seed}")
+    if jobs is not None and jobs < 1:
+        raise ThawError(f"--jobs must be at least 1, got {jobs}")
+    if bootstrap < 1:
+        raise ThawError(f"--bootstrap must be at least 1 (resamples for the 95% intervals: 1000 by "
+                        f"default, 100 for a quick look), got {bootstrap}")
+
+
+def _check_fractions(test_frac: float, val_frac: float) -> None:
+    if test_frac <= 0:
+        raise ThawError(f"--test-frac {test_frac:g} holds out no test users, so there is nothing to "
+                        "evaluate: give a fraction between 0 and 1 (default 0.2)")
+    if test_frac >= 1:
+        raise ThawError(f"--test-frac must be below 1 (the rest trains the models), got {test_frac:g}")
+    if not 0 <= val_frac < 1:
+        raise ThawError(f"--val-frac must be at least 0 and below 1, got {val_frac:g}")
+    if test_frac + val_frac >= 1:
+        raise ThawError(f"--test-frac {test_frac:g} and --val-frac {val_frac:g} leave no training users: "
+                        "their sum must be below 1")
+
+
+def _auto_jobs() -> int:
+    """The cores not busy now (by the 1-minute load average), at least 1 and at most MAX_JOBS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except OSError:
+        busy = 0
+    return max(1, min(MAX_JOBS, cores - busy))
+
+
+# --- the results folder ------------------------------------------------------------------------
+
+def _settings(ctx: typer.Context) -> dict[str, Any]:
+    """The command and the options that decide its results, as results.json records them."""
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items()
+              if k not in NOT_RESULT_SETTINGS}
+    return json.loads(json.dumps({"command": ctx.info_name, **values}))
+
+
+def check_writable(out: Path, what: str = "--out") -> None:
+    """``out`` can be made: not a file, under a folder we can write in."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ThawError(f"{what} {out} is a file, not a folder")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ThawError(f"{what} {out}: {ancestor} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".thaw-probe-", dir=ancestor))
+    except OSError as exc:
+        raise ThawError(f"{what} {out}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+
+
+def _check_out(out: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Refuse, before any work, an --out the run could not or should not replace (see
+    OUT_HELP). Returns the previous results.json when this run is a rerun of it."""
+    from thaw.eval.report import RESULT_FILES, read_results_json
+
+    check_writable(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    previous = read_results_json(out)
+    if previous is None:
+        raise ThawError(f"--out {out} is a folder of other files, not thaw results; give a new or empty "
+                        "folder (thaw replaces its results folder whole)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RESULT_FILES)
+    if foreign:
+        raise ThawError(f"--out {out} holds files thaw did not write ({', '.join(foreign[:5])}), which "
+                        "replacing it would delete; move them, or give another --out")
+    command = "thaw " + " ".join(sys.argv[1:])
+    rerun = (previous.get("settings") == settings if "settings" in previous
+             else previous.get("provenance", {}).get("command") == command)
+    if rerun:
+        return previous
+    if not overwrite:
+        was = previous.get("provenance", {}).get("command", "another command")
+        raise ThawError(f"--out {out} holds the results of another command ({was}); give another --out, "
+                        "or --overwrite to replace them")
+    return None
+
+
+def _previous_seconds(previous: Mapping[str, Any] | None) -> dict[tuple[str, str], dict[str, float]]:
+    """Each model's fit and score seconds in a previous run of this command, by (split kind,
+    protocol): what the progress bar's ETA is made from."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for run in (previous or {}).get("runs", []):
+        key = (run.get("meta", {}).get("split_kind", ""), run.get("meta", {}).get("protocol", ""))
+        out[key] = {t["model"]: float(t["fit_seconds"]) + float(t["score_seconds"])
+                    for t in run.get("timings", []) if "model" in t}
+    return out
+
+
+# --- the commands ------------------------------------------------------------------------------
+
 def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The run's models, each seeded with the run's seed (unless --param sets its seed) and made
     with its --param values. The stack routes over the other models of the run and is learned from the fits they already
@@ -127,60 +322,103 @@ def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, 
     return models
 
 
+_shown: set[str] = set()
+
+
+def _show_warning(message: Any, category: Any = None, filename: Any = None, lineno: Any = None,
+                  file: Any = None, line: Any = None) -> None:
+    """Every warning as one line on stderr, each text once per command."""
+    text = str(message)
+    if text not in _shown:
+        _shown.add(text)
+        typer.secho(f"warning: {text}", fg=typer.colors.YELLOW, err=True)
+
+
 def _echo_warnings(notes: list[str]) -> None:
     for note in notes:
-        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+        _show_warning(note)
+
+
+def _warn_missing_text(data: Any, names: list[str]) -> None:
+    """The content models rank by popularity when no item has text: say so once."""
+    from thaw.data.features import item_documents
+
+    if "content" in names and not any(d.strip() for d in item_documents(data)):
+        warnings.warn("content: the items have no text (no title, genres or year), so it ranks by "
+                      "popularity", stacklevel=2)
+    if "content-minilm" in names:
+        from thaw.models.content import item_texts
+
+        if not any(t.strip() for t in item_texts(data)):
+            warnings.warn("content-minilm: the items have no text (no title, genres, year or "
+                          "description), so it ranks by popularity", stacklevel=2)
 
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option(help="Data set name (see `thaw datasets`) or a path to RecBole atomic files, CSV or Parquet.")] = None,
     models: Annotated[str, typer.Option(help="Comma-separated model names (see `thaw models`), or 'all'.")] = "all",
     protocol: Annotated[str, typer.Option(help="next-item (rank the K+1-th among 100 negatives) or rating (predict the query's ratings).")] = "next-item",
     ks: Annotated[str, typer.Option(help="Support sizes K to stratify by (0: a profile and no history).")] = "0,1,3,5,10",
-    out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, per_user.csv, the plot and report.html.")] = Path("results"),
+    out: Annotated[Path, typer.Option(help=OUT_HELP)] = Path("results"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     split: Annotated[Path | None, typer.Option(help="External split folder (interactions.csv with role column, optional negatives.csv), used exactly as given.")] = None,
     split_kind: Annotated[str, typer.Option(help="new-user, new-item, both, temporal or warm (ignored with --split).")] = "new-user",
     item_strata: Annotated[str, typer.Option(help="new-item and both: training interactions a held-out item may keep (results by item stratum N).")] = "0",
     candidates: Annotated[str, typer.Option(help="sampled (target + 100 negatives) or full (target + every item the user never interacted with).")] = "sampled",
     test_frac: Annotated[float, typer.Option(help="Fraction of users (or items) held out for testing.")] = 0.2,
     val_frac: Annotated[float, typer.Option(help="Fraction held out for validation (model selection only).")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed for the split, negatives, models and bootstrap.")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the split, negatives, models and bootstrap (0 or more).")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (1 or more).")] = 1000,
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid,rating=stars,ts=time.")] = None,
+    rating_scale: Annotated[str | None, typer.Option(help=RATING_SCALE_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP, show_default=False)] = None,
     compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
 ) -> None:
     """Fit models on training users and evaluate them on held-out users, stratified by K."""
-    from thaw.data.splits import make_split, read_split_folder
+    from thaw.data.splits import SPLIT_KINDS, make_split, read_split_folder
+    from thaw.eval.protocol import PROTOCOLS
 
+    _check_choice(protocol, PROTOCOLS, "protocol")
+    _check_choice(candidates, ("sampled", "full"), "candidates")
+    _check_common(seed, jobs, bootstrap)
     ks_tuple = _parse_ks(ks)
+    strata = _parse_ks(item_strata, "item-strata")
+    if split is None:
+        _check_choice(split_kind, SPLIT_KINDS, "split-kind")
+        _check_fractions(test_frac, val_frac)
     pairs = _parse_pairs(compare)
     params = _parse_params(param)
+    names = _model_list(models)
+    _check_models(names, pairs, params)
+    mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
+    settings = _settings(ctx)
+    previous = _check_out(out, settings, overwrite)
     if split is not None:
-        data = _load(dataset, columns) if dataset is not None else None
-        with warnings.catch_warnings(record=True) as caught:  # e.g. a split with no features
-            warnings.simplefilter("always")
-            the_split = read_split_folder(split, data, seed=seed)
-        _echo_warnings([str(w.message) for w in caught])
+        data = _load(dataset, mapping, scale) if dataset is not None else None
+        the_split = read_split_folder(split, data, seed=seed)
     else:
-        data = _load(dataset or DEFAULT_DATASET, columns)
+        data = _load(dataset or DEFAULT_DATASET, mapping, scale)
         the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed,
-                               item_strata=_parse_ks(item_strata, "item-strata"))
-    _run([protocol], [(the_split, _model_list(models))], ks_tuple, candidates, out, seed,
-         bootstrap, progress, jobs, pairs=pairs, params=params)
+                               item_strata=strata)
+    _warn_missing_text(the_split.train, names)
+    _run([protocol], [(the_split, names)], ks_tuple, candidates, out, seed, bootstrap, progress,
+         jobs, pairs=pairs, params=params, settings=settings, previous=previous)
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="Data set to run on.")] = DEFAULT_DATASET,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results"),
+    out: Annotated[Path, typer.Option(help=OUT_HELP)] = Path("results"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     models: Annotated[str, typer.Option(help="Comma-separated model names, or 'all'.")] = "all",
-    seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for everything random (0 or more).")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    jobs: Annotated[int, typer.Option(help="Models fitted at once, each in its own process on one core (same numbers as 1).")] = DEFAULT_JOBS,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP, show_default=False)] = None,
     compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
 ) -> None:
@@ -191,23 +429,28 @@ def run(
     3, 5, 10."""
     from thaw.data.splits import make_split
 
+    _check_common(seed, jobs)
     pairs = _parse_pairs(compare)
     params = _parse_params(param)
-    data = _load(dataset, None)
     names = _model_list(models)
+    _check_models(names, pairs, params)
+    settings = _settings(ctx)
+    previous = _check_out(out, settings, overwrite)
+    data = _load(dataset, None, None)
+    _warn_missing_text(data, names)
     runs = [(make_split(data, "new-user", seed=seed), names)]
     item_names = [n for n in names if n in ITEM_COLD_MODELS]
     for kind in ("new-item", "both"):
         if item_names:
             runs.append((make_split(data, kind, seed=seed, item_strata=ITEM_STRATA), item_names))
     _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs,
-         pairs=pairs, params=params)
+         pairs=pairs, params=params, settings=settings, previous=previous)
 
 
-def _load(dataset: str, columns: str | None):
+def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, float] | None):
     from thaw.data.loaders import load_dataset
 
-    return load_dataset(dataset, columns=_parse_columns(columns))
+    return load_dataset(dataset, columns=columns, rating_scale=scale)
 
 
 def _model_list(text: str) -> list[str]:
@@ -222,9 +465,10 @@ def _model_list(text: str) -> list[str]:
 
 
 def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidates: str,
-         out: Path, seed: int, bootstrap: int, progress: bool, jobs: int,
+         out: Path, seed: int, bootstrap: int, progress: bool, jobs: int | None,
          pairs: list[tuple[str, str]] | None = None,
-         params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+         params: Mapping[str, Mapping[str, Any]] | None = None,
+         settings: Mapping[str, Any] | None = None, previous: Mapping[str, Any] | None = None) -> None:
     """Evaluate each (split, model names) under each protocol, print the tables, write results.
     ``pairs`` (from --compare) are tested in every run that has both models; ``params`` (from
     --param) go to the models they name, and every model's seed is ``seed``."""
@@ -232,30 +476,30 @@ def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidate
     from thaw.eval.report import format_tables, write_results
     from thaw.models.base import ModelSelectionSkipped
 
-    every = {n for _, names in runs for n in names}
-    unknown = sorted({m for pair in pairs or () for m in pair} - every)
-    if unknown:
-        raise ThawError(f"--compare names {', '.join(unknown)}, not among the models run")
     params = dict(params or {})
-    _check_params(params, sorted({n for _, names in runs for n in names}))
+    jobs = jobs or _auto_jobs()
+    seconds = _previous_seconds(previous)
     results = []
     for the_split, names in runs:
         typer.echo(the_split.describe())
         for protocol in protocols:
             models = _make_models(names, seed, params)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DegenerateResultWarning)
+                warnings.simplefilter("ignore", DegenerateResultWarning)  # in result.warnings
                 warnings.simplefilter("ignore", ModelSelectionSkipped)  # in result.warnings too
                 result = evaluate(models, the_split, protocol=protocol, ks=ks, candidates=candidates,
                                   n_bootstrap=bootstrap, seed=seed, progress=progress, jobs=jobs,
                                   pairs=None if pairs is None else
-                                  [p for p in pairs if set(p) <= set(models)])
+                                  [p for p in pairs if set(p) <= set(models)],
+                                  expected_seconds=seconds.get((the_split.kind, protocol)),
+                                  min_users=FEW_TEST_USERS)
             typer.echo(format_tables(result))
             typer.echo("\nfit seconds: " + ", ".join(
                 f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
             _echo_warnings(result.warnings)
             results.append(result)
-    paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]], params=params)
+    paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]], params=params,
+                          settings=settings)
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -267,8 +511,9 @@ def fit(
     members: Annotated[str | None, typer.Option(help="The stack's members, comma-separated (default: a set that covers every K).")] = None,
     protocol: Annotated[str, typer.Option(help="What to fit for: next-item (ranking) or rating.")] = "next-item",
     val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routing).")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed for the validation users and the models.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the validation users and the models (0 or more).")] = 0,
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid.")] = None,
+    rating_scale: Annotated[str | None, typer.Option(help=RATING_SCALE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP.replace(" Recorded in results.json.", ""))] = None,
 ) -> None:
     """Fit one model on every user but the validation users and save it for `thaw recommend`."""
@@ -277,8 +522,8 @@ def fit(
     from thaw.registry import make_model
     from thaw.stack.router import DEFAULT_MEMBERS
 
-    if protocol not in PROTOCOLS:
-        raise ThawError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
+    _check_choice(protocol, PROTOCOLS, "protocol")
+    _check_common(seed, None)
     if not 0 < val_frac < 1:
         raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
                         "the models' settings and the stack's routes")
@@ -286,7 +531,10 @@ def fit(
     params = _parse_params(param)
     member_names = (_model_list(members) if members else list(DEFAULT_MEMBERS)) if name == "stack" else []
     _check_params(params, [name, *member_names])
-    data = _load(dataset, columns)
+    mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
+    check_writable(out)
+    data = _load(dataset, mapping, scale)
+    _warn_missing_text(data, [name, *member_names])
     the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
     typer.echo(the_split.describe())
     # A seed set with --param wins over --seed; stack members are made here, so that --param
@@ -313,6 +561,8 @@ def recommend(
     n: Annotated[int, typer.Option("-n", "--n", help="How many items to recommend.")] = 10,
 ) -> None:
     """Recommend items to one user from their history and profile, with titles and scores."""
+    import numpy as np
+
     from thaw.models.base import Context, top_n
     from thaw.models.persist import load
 
@@ -348,6 +598,8 @@ def _history(data, text: str, ratings: str | None):
 
 
 def _profile(data, text: str) -> dict:
+    import pandas as pd
+
     known = list(data.user_features.columns)
     out = {}
     for part in [t.strip() for t in text.split(",") if t.strip()]:
@@ -381,16 +633,6 @@ def stack_explain(model_dir: Annotated[Path, typer.Argument(help="A folder writt
     typer.echo(model.explain())
 
 
-def _register_bandit_commands() -> None:
-    from thaw.bandits.cli import bandit_replay, bandit_sim
-
-    app.command("bandit-sim")(bandit_sim)
-    app.command("bandit-replay")(bandit_replay)
-
-
-_register_bandit_commands()
-
-
 @app.command()
 def datasets() -> None:
     """List the data sets thaw can load and where each would come from."""
@@ -409,16 +651,55 @@ def models() -> None:
         typer.echo(name)
 
 
+# --- the entry point ---------------------------------------------------------------------------
+
+class Stopped(BaseException):
+    """Raised in the main thread by SIGINT, SIGTERM or SIGHUP. A BaseException, so no
+    ``except Exception`` swallows it on its way out while ``finally`` blocks (temporary
+    folders, worker processes) still run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # one stop; cleanup runs in peace
+        signal.signal(stop, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app, turning user errors into one line and exit status 2, and a stop
+    signal into one line and exit status 128 + the signal number (Ctrl-C: 130)."""
+    atexit.register(_exit_at_once)  # before any module that registers its own: it runs last
+    errors.INTERFACE = "cli"
+    warnings.showwarning = _show_warning
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _on_signal)
     try:
         app()
     except ThawError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    except Stopped as stop:
+        typer.secho("interrupted" if stop.signum == signal.SIGINT else
+                    f"stopped by {signal.Signals(stop.signum).name}", err=True)
+        global _stopped_with
+        _stopped_with = 128 + stop.signum
+        sys.exit(_stopped_with)
+
+
+_stopped_with: int | None = None
+
+
+def _exit_at_once() -> None:
+    """The last exit handler: after a stop signal (workers stopped, temporary folders gone,
+    multiprocessing's own handlers run), skip the seconds of tearing down torch and the rest."""
+    if _stopped_with is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_stopped_with)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def bandit_sim(
         raise ThawError(f"--horizon must be at least 1, got {horizon}")
     if seeds < 1:
         raise ThawError(f"--seeds must be at least 1, got {seeds}")
+    from thaw.cli import check_writable
+
+    check_writable(out)
     world = _world(dataset, n_items, holdout_frac, world_seed)
     factories = {name: (lambda s, name=name: make_policy(name, world, s)) for name in names}
     result = simulate(world, factories, horizon, list(range(seeds)), progress=progress)
@@ -103,6 +106,10 @@ def bandit_replay(
     names = parse_policies(policies)
     if not 0.0 <= train_frac < 1.0:
         raise ThawError(f"--train-frac must be in [0, 1), got {train_frac}")
+    if out is not None:
+        from thaw.cli import check_writable
+
+        check_writable(out)
     data = None
     if dataset is not None:
         from thaw.data.loaders import load_dataset

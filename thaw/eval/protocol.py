@@ -9,11 +9,17 @@ compares like with like. Model selection only ever sees validation users.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
@@ -23,6 +29,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
+from thaw import errors
 from thaw.data.splits import Split, item_stratum
 from thaw.errors import ThawError
 from thaw.eval.metrics import bootstrap_interval, graded_ndcg, ranking_metrics, rating_errors, target_rank
@@ -39,6 +46,10 @@ DEFAULT_KS = (0, 1, 3, 5, 10)
 
 class DegenerateResultWarning(UserWarning):
     """A result that looks like a bug (leakage, constant scores, a copied model)."""
+
+
+class FewUsersWarning(UserWarning):
+    """So few test users are left at the largest K that the numbers mean little."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,8 @@ class EvalResult:
     item_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     """New-item splits, next-item protocol: like ``table`` with the target item's stratum
     (its training interactions, see ``make_split``) in column N instead of K, over every K."""
+    user_ids: np.ndarray | None = None
+    """The data set's own id of each internal user index (``per_user.user``), for the files."""
 
 
 def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, split: Split, *,
@@ -204,15 +217,20 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
              candidates: str = "sampled", n_bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, fit: bool = True, jobs: int = 1,
              cutoffs: Sequence[int] = (1, 10),
-             pairs: Sequence[tuple[str, str]] | None = None) -> EvalResult:
+             pairs: Sequence[tuple[str, str]] | None = None,
+             expected_seconds: Mapping[str, float] | None = None,
+             min_users: int = 30) -> EvalResult:
     """Fit each model on the split's training users and evaluate it on its test users.
 
     ``cutoffs`` are the N of the next-item protocol's Hit@N and NDCG@N. ``pairs`` names the
     model pairs whose paired tests go into ``comparisons`` (default: every pair; see
-    ``compare``).
+    ``compare``). Fewer than ``min_users`` test users at the largest K warns (FewUsersWarning).
     ``jobs > 1`` fits and scores that many models at once in worker processes. Every model is
     seeded and runs on one thread, so the numbers are the same as with ``jobs=1``; the models
-    passed in are then fitted in the workers only and come back unfitted.
+    passed in are then fitted in the workers only and come back unfitted. Workers end with the
+    evaluation, however it ends (an exception, Ctrl-C, or the death of this process).
+    ``expected_seconds`` (each model's fit and score time in an earlier run) gives the progress
+    bar an ETA.
     """
     _check_protocol(protocol, candidates)
     ks = tuple(sorted(set(int(k) for k in ks)))
@@ -220,14 +238,17 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         raise ThawError("ks must be non-negative integers")
     if jobs < 1:
         raise ThawError("jobs must be at least 1")
+    if n_bootstrap < 1:
+        raise ThawError("n_bootstrap must be at least 1")
     models = _as_models(models, seed)
     unknown = sorted({m for pair in pairs or () for m in pair} - set(models))
     if unknown:
         raise ThawError(f"cannot compare {', '.join(unknown)}: not among the models evaluated")
+    if protocol == "rating":
+        _check_has_ratings(split)
     test_eps = {k: episodes(split, "test", k, protocol, max_k=max(ks), candidates=candidates)
                 for k in ks}
-    if not test_eps[ks[0]]:
-        raise ThawError(f"no test user has more than {max(ks)} interactions; lower the largest K")
+    users_note = _check_test_users(split, len(test_eps[ks[0]]), max(ks), min_users)
     # A stack whose members are all in this evaluation is learned from their outputs here,
     # so no member is fitted twice.
     stacks = {name: m for name, m in models.items() if fit and getattr(m, "learns_from_outputs", False)
@@ -242,26 +263,21 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     stack_val_eps = validator.episodes_at(val_ks) if stacks else []
     collect = frozenset(member for st in stacks.values() for member in st.members)
     fitted = {name: m for name, m in models.items() if name not in stacks}
-    bar = tqdm(total=len(fitted), desc=f"evaluate ({protocol})", disable=not progress, leave=False)
     job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs), collect, stack_val_eps,
                     validator)
-    outcomes: dict[str, tuple] = {}
-    if jobs == 1 or len(fitted) == 1:
-        for name, model in fitted.items():
-            bar.set_postfix_str(name)
-            outcomes[name] = job(name, model)
-            bar.update(1)
-    else:
-        # spawn, not fork: a forked child of a process that has used torch's thread pools
-        # can deadlock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(job, name, model): name for name, model in fitted.items()}
-            for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
-                bar.set_postfix_str(futures[future])
-                bar.update(1)
-    bar.close()
+    bar = _Progress(list(fitted), 1 if jobs == 1 or len(fitted) == 1 else min(jobs, len(fitted)),
+                    expected_seconds or {}, f"evaluate ({protocol})", progress)
+    try:
+        if bar.jobs == 1:
+            outcomes = {}
+            for name, model in fitted.items():
+                bar.started(name)
+                outcomes[name] = job(name, model)
+                bar.finished(name)
+        else:
+            outcomes = _in_workers(job, fitted, bar)
+    finally:
+        bar.close()
     stack_meta = {}
     for name, st in stacks.items():
         outcomes[name], stack_meta[name] = _stack_from_outputs(name, st, split, protocol, ks, test_eps,
@@ -284,8 +300,199 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     if stack_meta:
         meta["stacks"] = stack_meta
     return EvalResult(table, per_user, compare(per_user, pairs), pd.DataFrame(
-        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), skipped + notes, meta,
-        item_strata_table(per_user, split, test_eps, protocol, n_bootstrap, seed))
+        timing_rows, columns=["model", "fit_seconds", "score_seconds"]), users_note + skipped + notes, meta,
+        item_strata_table(per_user, split, test_eps, protocol, n_bootstrap, seed),
+        user_ids=np.asarray(split.train.user_ids))
+
+
+def _check_has_ratings(split: Split) -> None:
+    """The rating protocol on data whose ratings are all one value (a data set without a
+    rating column reads as all 1.0) would report an MAE of 0 for every model: an error."""
+    values = np.concatenate([split.train.interactions.rating, *(s.rating for s in split.test.values())])
+    if len(values) and np.all(values == values[0]):
+        name_it = errors.option("columns", "rating=COLUMN", "{'rating': 'COLUMN'}")
+        raise ThawError(f"the rating protocol needs ratings, but every rating in the data is {values[0]:g} "
+                        "(a data set without a rating column?); use the next-item protocol, or name "
+                        f"the rating column ({name_it})")
+
+
+def _check_test_users(split: Split, n_users: int, max_k: int, min_users: int) -> list[str]:
+    """An error when no test user is left to evaluate, saying why; a warning (returned and
+    given as FewUsersWarning) when fewer than ``min_users`` are."""
+    if not split.test:
+        raise ThawError(f"the split has no test users, so there is nothing to evaluate (its "
+                        f"{len(split.val)} validation users only choose models' settings)")
+    if n_users == 0:
+        longest = max(len(s) for s in split.test.values())
+        raise ThawError(f"none of the split's {len(split.test)} test users has more than {max_k} "
+                        f"interaction{'s' * (max_k != 1)} (the most is {longest}), and only those are evaluated at "
+                        f"every K: lower the largest K below {longest}")
+    if n_users >= min_users:
+        return []
+    note = (f"only {n_users} of the split's {len(split.test)} test users have more than {max_k} "
+            f"interaction{'s' * (max_k != 1)} (the largest K), and only they are evaluated: the numbers mean little "
+            f"below {min_users}; lower the largest K")
+    warnings.warn(note, FewUsersWarning, stacklevel=3)
+    return [note]
+
+
+# --- worker processes --------------------------------------------------------------------------
+
+def _in_workers(job: _ModelJob, models: Mapping[str, Recommender], bar: _Progress) -> dict[str, tuple]:
+    """Run ``job`` on every model in ``bar.jobs`` worker processes; the outcomes by name.
+
+    Workers are spawned, not forked (a forked child of a process that has used torch's thread
+    pools can deadlock), born with SIGINT blocked, and tied to this process (see
+    ``_worker_start``). Whatever ends the wait (a worker's exception, Ctrl-C, any other
+    signal turned exception) stops every worker before it propagates: nothing keeps fitting.
+    """
+    context = multiprocessing.get_context("spawn")
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=bar.jobs, mp_context=context, initializer=_worker_start,
+                               initargs=(os.getpid(),))
+    outcomes: dict[str, tuple] = {}
+    try:
+        with _sigint_blocked():  # inherited: a Ctrl-C is the parent's to handle
+            futures: dict[Future, str] = {pool.submit(job, name, model): name
+                                          for name, model in models.items()}
+        for name in list(models)[:bar.jobs]:
+            bar.started(name)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcomes[futures[future]] = future.result()
+                bar.finished(futures[future])
+            bar.refresh()
+    except BaseException:
+        _stop_workers(pool, set(multiprocessing.active_children()) - before)
+        raise
+    pool.shutdown()
+    return outcomes
+
+
+def _stop_workers(pool: ProcessPoolExecutor, workers: set) -> None:
+    """Cancel what has not started and end the workers now: SIGTERM, then SIGKILL after 2 s."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
+    deadline = time.monotonic() + 2.0
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread inside the block (a pending one arrives after it);
+    processes and threads started inside inherit the block."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_start(parent: int) -> None:
+    """A worker's first act: ignore Ctrl-C (the parent stops its workers itself), and end
+    when the parent ends, however it ends (SIGKILL and SIGTERM included): on Linux the kernel
+    sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere a watchdog thread
+    exits when the worker's parent is no longer ``parent``. Warnings print as one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="thaw-parent-watch").start()
+    warnings.showwarning = _warning_line
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _warning_line(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None,
+                  line: Any = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# --- the progress bar --------------------------------------------------------------------------
+
+class _Progress:
+    """A bar over the models that names those running now (with how long each has run) and,
+    when every remaining model has an expected time, the ETA. ``jobs`` workers take the
+    models in order, so the running ones are the first ``jobs`` unfinished."""
+
+    def __init__(self, names: list[str], jobs: int, expected: Mapping[str, float], desc: str,
+                 enabled: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.names, self.jobs, self.expected, self.clock = names, jobs, dict(expected), clock
+        self.start: dict[str, float] = {}
+        self.done: set[str] = set()
+        self.bar = tqdm(total=len(names), desc=desc, disable=not enabled, leave=False, unit="model",
+                        bar_format="{desc}: {n_fmt}/{total_fmt} models [{elapsed}{postfix}]")
+
+    def started(self, name: str) -> None:
+        self.start.setdefault(name, self.clock())
+        self.refresh()
+
+    def finished(self, name: str) -> None:
+        self.done.add(name)
+        waiting = [n for n in self.names if n not in self.done and n not in self.start]
+        if waiting and len(self.running()) < self.jobs:
+            self.start[waiting[0]] = self.clock()
+        self.bar.set_postfix_str(self.text(), refresh=False)
+        self.bar.update(1)
+
+    def running(self) -> list[str]:
+        return [n for n in self.names if n in self.start and n not in self.done]
+
+    def eta(self) -> float | None:
+        """Seconds until the last model is done if each takes its expected time: the running
+        ones finish their remainder, then the waiting ones go in order to the first free worker."""
+        left = [n for n in self.names if n not in self.done]
+        if not left or any(n not in self.expected for n in left):
+            return None
+        now = self.clock()
+        free = [max(0.0, self.expected[n] - (now - self.start[n])) for n in self.running()]
+        free += [0.0] * (self.jobs - len(free))
+        heapq.heapify(free)
+        for name in left:
+            if name not in self.start:
+                heapq.heappush(free, heapq.heappop(free) + self.expected[name])
+        return max(free, default=0.0)
+
+    def text(self) -> str:
+        now = self.clock()
+        running = ", ".join(f"{n} {_clock(now - self.start[n])}" for n in self.running())
+        eta = self.eta()
+        return "; ".join(part for part in (f"running {running}" if running else "",
+                                           "" if eta is None else f"ETA {_clock(eta)}") if part)
+
+    def refresh(self) -> None:
+        self.bar.set_postfix_str(self.text(), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def item_strata_table(per_user: pd.DataFrame, split: Split, test_eps: Mapping[int, Sequence[Episode]],

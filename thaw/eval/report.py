@@ -6,27 +6,32 @@ Every result file records the seed, the versions and the command that produced i
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
+import os
 import platform
+import shutil
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from thaw import __version__  # noqa: E402
-from thaw.eval.protocol import LOWER_IS_BETTER, METRICS, EvalResult  # noqa: E402
+from thaw import __version__
+from thaw.errors import ThawError
+from thaw.eval.protocol import LOWER_IS_BETTER, METRICS, EvalResult
 
 BASELINES = ("random", "pop")
 HEADLINE = {"next-item": "ndcg@10", "rating": "mae"}
+RESULTS_JSON = "results.json"
+RESULT_FILES = frozenset({"results.csv", "results_by_item.csv", "per_user.csv", "comparisons.csv",
+                          RESULTS_JSON, "cold_to_warm.png", "report.html"})
+"""Every file a results folder may hold (``write_results`` writes them and nothing else)."""
 
 
 def provenance(seed: int, command: Sequence[str] | None = None) -> dict[str, Any]:
@@ -52,33 +57,53 @@ def wide_table(result: EvalResult, metric: str) -> pd.DataFrame:
 
 
 def format_tables(result: EvalResult) -> str:
-    """Plain-text K-stratified tables, one per metric, with random and pop always shown."""
+    """Plain-text K-stratified tables, one per metric, each cell the mean and the half-width of
+    its 95% interval (0.706 ±0.05), with random and pop always shown."""
     protocol = result.meta.get("protocol", "")
     lines = [f"== {protocol}: {result.meta.get('split', '')}; "
-             f"{result.meta.get('test_users', '?')} test users =="]
+             f"{result.meta.get('test_users', '?')} test users; mean ±half the 95% interval =="]
     for metric in METRICS.get(protocol, sorted(result.table["metric"].unique())):
         if metric not in set(result.table["metric"]):
             continue
-        wide = wide_table(result, metric)
         arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
         lines.append(f"\n{metric} ({arrow}) by K")
-        text = wide.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
-        lines.append("  " + text.replace("\n", "\n  "))
+        lines.append(_text_table(result.table, metric, "K"))
+    silent = [m for m in dict.fromkeys(result.table["model"])
+              if protocol == "rating" and m not in set(result.table.loc[result.table["metric"] == "mae", "model"])]
+    if silent:
+        lines.append(f"\n({', '.join(silent)} {'does' if len(silent) == 1 else 'do'} not predict ratings: "
+                     "no MAE or RMSE; NDCG ranks the query items by score)")
     if len(result.item_table):
         for metric in ("hit@10", "ndcg@10"):
-            wide = result.item_table[result.item_table["metric"] == metric].pivot(
-                index="model", columns="N", values="value")
-            wide = wide.loc[[m for m in dict.fromkeys(result.item_table["model"]) if m in wide.index]]
             lines.append(f"\n{metric} by the target item's training interactions N "
                          "(every K's episodes)")
-            lines.append("  " + wide.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
-                         .replace("\n", "\n  "))
+            lines.append(_text_table(result.item_table, metric, "N"))
     lines += [f"\n{stack_summary(result, name)}" for name in result.meta.get("stacks", {})]
     missing = [b for b in BASELINES if b not in set(result.table["model"])]
     if missing:
         lines.append(f"\n(note: baselines {', '.join(missing)} were not run; a number without "
                      "them means little)")
     return "\n".join(lines)
+
+
+def _text_table(table: pd.DataFrame, metric: str, by: str) -> str:
+    """Models as rows, ``by`` (K or N) as columns, cells as ``interval_cell`` writes them."""
+    table = table[table["metric"] == metric]
+    cells = table.assign(cell=[interval_cell(v, lo, hi) for v, lo, hi in
+                               zip(table["value"], table["low"], table["high"], strict=True)])
+    wide = cells.pivot(index="model", columns=by, values="cell")
+    wide = wide.loc[[m for m in dict.fromkeys(table["model"]) if m in wide.index]].fillna("n/a")
+    return "  " + wide.to_string().replace("\n", "\n  ")
+
+
+def interval_cell(value: float, low: float, high: float) -> str:
+    """A mean and half its 95% interval's width, short: ``0.706 ±0.05``."""
+    if not np.isfinite(value):
+        return "n/a"
+    half = (high - low) / 2
+    if not np.isfinite(half):
+        return f"{value:.3f}"
+    return f"{value:.3f} ±{half:.2f}" if half >= 0.005 else f"{value:.3f} ±{half:.3f}"
 
 
 def stack_summary(result: EvalResult, name: str) -> str:
@@ -115,6 +140,11 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     Splits after the first get their headline metric only, plus the item-side curve (against
     the target item's training interactions N) where there is one."""
     panels = []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     for i, r in enumerate(results):
         metrics = METRICS[r.meta["protocol"]] if i < 2 else (HEADLINE[r.meta["protocol"]],)
         panels += [(r, m, "K") for m in metrics if m in set(r.table["metric"])]
@@ -159,46 +189,139 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     return path
 
 
+def read_results_json(folder: Path) -> dict[str, Any] | None:
+    """A results folder's results.json, or None when it has none (or not one of thaw's)."""
+    try:
+        payload = json.loads((Path(folder) / RESULTS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) and "provenance" in payload else None
+
+
 def write_results(results: Sequence[EvalResult], out: str | Path, *, seed: int,
                   command: Sequence[str] | None = None, title: str = "thaw results",
-                  params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Path]:
+                  params: Mapping[str, Mapping[str, Any]] | None = None,
+                  settings: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write results.csv, per_user.csv, comparisons.csv, results.json, a PNG and report.html.
-    ``params`` are the hyperparameters set by name (``--param``), recorded in results.json."""
+    ``params`` are the hyperparameters set by name (``--param``), ``settings`` the command's
+    options (what tells a rerun from another command), both recorded in results.json.
+
+    The files are written to a temporary folder beside ``out``, which then takes the place of
+    ``out`` in one step: ``out`` is always either these results, whole, or what it was before.
+    Users are named by the data set's own ids."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out)
+        work.mkdir()
+    except OSError as exc:
+        raise ThawError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+    try:
+        names = _write_files(results, work, seed, command, title, params, settings)
+        _replace_folder(work, out)
+    except OSError as exc:
+        raise ThawError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already when all went well
+    return {name: out / name for name in names}
+
+
+def _write_files(results: Sequence[EvalResult], out: Path, seed: int, command: Sequence[str] | None,
+                 title: str, params: Mapping[str, Mapping[str, Any]] | None,
+                 settings: Mapping[str, Any] | None) -> list[str]:
     prov = provenance(seed, command)
 
     def tagged(frame_of: str) -> pd.DataFrame:
-        frames = [getattr(r, frame_of).assign(split=r.meta.get("split_kind", ""),
-                                              protocol=r.meta["protocol"]) for r in results]
+        frames = [_raw_ids(r, getattr(r, frame_of), frame_of).assign(
+            split=r.meta.get("split_kind", ""), protocol=r.meta["protocol"]) for r in results]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     table = tagged("table")
     table = table[["split", "protocol", "model", "K", "metric", "value", "low", "high", "users"]]
     by_item = tagged("item_table")
-    paths = {
-        "results.csv": out / "results.csv", "per_user.csv": out / "per_user.csv",
-        "comparisons.csv": out / "comparisons.csv", "results.json": out / "results.json",
-        "cold_to_warm.png": out / "cold_to_warm.png", "report.html": out / "report.html",
-    }
-    table.to_csv(paths["results.csv"], index=False, float_format="%.6g")
-    tagged("per_user").to_csv(paths["per_user.csv"], index=False, float_format="%.6g")
-    tagged("comparisons").to_csv(paths["comparisons.csv"], index=False, float_format="%.6g")
+    written = ["results.csv", "per_user.csv", "comparisons.csv"]
+    table.to_csv(out / "results.csv", index=False, float_format="%.6g")
+    tagged("per_user").to_csv(out / "per_user.csv", index=False, float_format="%.6g")
+    tagged("comparisons").to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
     if len(by_item):
-        paths["results_by_item.csv"] = out / "results_by_item.csv"
-        by_item.to_csv(paths["results_by_item.csv"], index=False, float_format="%.6g")
+        written.append("results_by_item.csv")
+        by_item.to_csv(out / "results_by_item.csv", index=False, float_format="%.6g")
     payload = {
         "provenance": prov,
+        "settings": dict(settings) if settings is not None else None,
         "params": {model: dict(values) for model, values in (params or {}).items()},
         "runs": [{"meta": r.meta, "warnings": r.warnings,
                   "timings": r.timings.to_dict(orient="records")} for r in results],
         "results": json.loads(table.to_json(orient="records")),
     }
-    paths["results.json"].write_text(json.dumps(payload, indent=2))
-    plot_cold_to_warm(results, paths["cold_to_warm.png"])
-    paths["report.html"].write_text(render_html(results, paths["cold_to_warm.png"], prov, title))
-    return paths
+    if settings is None:
+        del payload["settings"]
+    (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2))
+    plot = plot_cold_to_warm(results, out / "cold_to_warm.png")
+    (out / "report.html").write_text(render_html(results, plot, prov, title))
+    return [*written, RESULTS_JSON, "cold_to_warm.png", "report.html"]
+
+
+def _raw_ids(result: EvalResult, frame: pd.DataFrame, frame_of: str) -> pd.DataFrame:
+    """per_user with each user as the data set names them (the frames hold internal indices)."""
+    if frame_of != "per_user" or result.user_ids is None or not len(frame):
+        return frame
+    ids = np.asarray(result.user_ids, dtype=object)
+    return frame.assign(user=ids[frame["user"].to_numpy(dtype=np.int64)])
+
+
+def _remove_leftovers(out: Path) -> None:
+    """The temporary folders of runs that were killed (SIGKILL) while writing ``out``."""
+    for folder in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = folder.name[len(out.name) + 2:].partition("-")
+        if kind in ("partial", "old") and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had this pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """``new`` takes the place of ``out`` (which may not exist): the old folder is moved aside,
+    the new one moved in, then the old one deleted, with stop signals held back meanwhile."""
+    aside = out.parent / f".{out.name}.old-{os.getpid()}"
+    with _signals_held():
+        had = out.exists()
+        if had:
+            out.rename(aside)
+        try:
+            new.rename(out)
+        except OSError:
+            if had:
+                aside.rename(out)
+            raise
+        if had:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP wait until the block is done (where the platform can)."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any], title: str) -> str:
