@@ -22,12 +22,15 @@ from thaw.registry import MODELS, make_model, model_names
 
 FEATURE_NETS = ("melu", "maml", "fomaml", "hml", "hml-soft", "finetune", "widedeep", "deepfm")
 METACSR = ("metacsr", "metacsr-nodiffusion", "metacsr-noseq", "metacsr-nometa")
+TWO_TOWER = ("coldwarm", "coldwarm-nogate", "coldwarm-nodkd", "coldwarm-nobias", "coldwarm-coldonly",
+             "dssm", "youtubednn", "fm")
 SMALL = {"mf": {"iterations": 2, "dim": 4}, "bpr": {"epochs": 2, "dim": 8},
          "sasrec": {"epochs": 1, "dim": 8, "max_len": 8}, "gru4rec": {"epochs": 1, "dim": 8, "max_len": 8},
          "metatl": {"epochs": 1, "dim": 8, "tasks_per_user": 2},
          "metatl-nomaml": {"epochs": 1, "dim": 8, "tasks_per_user": 2},
          **{n: {"epochs": 1, "dim": 4, "hidden": (8,)} for n in FEATURE_NETS},
-         **{n: {"epochs": 1, "dim": 8, "max_len": 5} for n in METACSR}}
+         **{n: {"epochs": 1, "dim": 8, "max_len": 5} for n in METACSR},
+         **{n: {"epochs": 1, "dim": 8, "hidden": 8} for n in TWO_TOWER}}
 CASES = [(n, "rating") for n in model_names() if n != "stack"] + [("melu", "next-item"),
                                                                   ("hml", "next-item")]
 

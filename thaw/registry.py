@@ -46,6 +46,14 @@ WHERE: dict[str, str] = {
     "metacsr-nodiffusion": "thaw.meta.metacsr:MetaCSRNoDiffusion",
     "metacsr-noseq": "thaw.meta.metacsr:MetaCSRNoSequence",
     "metacsr-nometa": "thaw.meta.metacsr:MetaCSRNoMeta",
+    "coldwarm": "thaw.models.coldwarm:ColdWarmNet",
+    "coldwarm-nogate": "thaw.models.coldwarm:ColdWarmNoGate",
+    "coldwarm-nodkd": "thaw.models.coldwarm:ColdWarmNoDKD",
+    "coldwarm-nobias": "thaw.models.coldwarm:ColdWarmNoBias",
+    "coldwarm-coldonly": "thaw.models.coldwarm:ColdWarmColdOnly",
+    "dssm": "thaw.models.two_tower:DSSM",
+    "youtubednn": "thaw.models.two_tower:YouTubeDNN",
+    "fm": "thaw.models.two_tower:FM",
     "stack": "thaw.stack.router:Stack",
 }
 """Registry name -> "module:Class", in the order ``thaw models`` lists them. The classes are
