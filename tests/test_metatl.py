@@ -122,18 +122,19 @@ def test_fitting_is_reproducible_and_the_ablation_differs(walks, fitted):
                               fitted["metatl-nomaml"].score(ctx, np.arange(400)))
 
 
-def test_planted_strides_metatl_learns_the_rule_as_well_as_sasrec_at_k3(walks):
+def test_planted_strides_metatl_and_sasrec_both_learn_the_rule_at_k3(walks):
     """The issue hoped for MetaTL "well above" SASRec here. That held (0.85 vs 0.57) only
-    while SASRec stopped early on its popularity plateau; trained with enough patience it
-    reaches 0.82, so what is asserted is the honest finding: both learn the strides, MetaTL
-    at least as well, from two transition pairs."""
+    while SASRec stopped early on its popularity plateau; with enough patience it reached
+    0.82, and trained with a cross-entropy over the catalogue (its default since issue 11)
+    0.91, ahead of MetaTL. What is asserted is the honest finding: both learn the strides,
+    MetaTL from two transition pairs, neither far behind the other."""
     models = {"pop": make_model("pop"), "sasrec": make_model("sasrec"),
               "metatl": make_model("metatl", epochs=4, tasks_per_user=16)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateResultWarning)
         result = evaluate(models, walks, ks=(1, 3), progress=False, n_bootstrap=20)
     hit1 = result.table.pivot_table(index="model", columns=["metric", "K"], values="value")["hit@1"]
-    # Seen on seed 0: metatl 0.850, sasrec 0.817, pop 0.000 at K = 3.
-    assert hit1.loc["metatl", 3] > 0.75
+    # Seen on seed 0: metatl 0.850, sasrec 0.908, pop 0.000 at K = 3.
+    assert hit1.loc["metatl", 3] > 0.75 and hit1.loc["sasrec", 3] > 0.75
     assert hit1.loc["metatl", 3] > hit1.loc["pop", 3] + 0.7
-    assert hit1.loc["metatl", 3] >= hit1.loc["sasrec", 3] - 0.05
+    assert abs(hit1.loc["metatl", 3] - hit1.loc["sasrec", 3]) < 0.15
