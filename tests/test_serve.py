@@ -1,0 +1,352 @@
+"""thaw serve in process: the API over a tiny stack fitted on synthetic data, SQLite store."""
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from thaw.data.splits import make_split
+from thaw.data.synthetic import make_synthetic
+from thaw.errors import ThawError
+from thaw.eval.protocol import SplitValidator
+from thaw.registry import make_model
+from thaw.serve.app import MAX_BATCH, create_app
+from thaw.serve.service import LRU, Service
+from thaw.serve.store import SCHEMA_VERSION, Store, schema_version
+from thaw.stack import Stack
+from thaw.stack.router import band_label, band_of
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory):
+    """A stack fitted and saved as `thaw fit` does (validation users only choose routes)."""
+    data = make_synthetic(n_users=200, n_items=60, seed=1)
+    split = make_split(data, "new-user", test_frac=0.0, val_frac=0.25, seed=0)
+    members = [make_model(m, seed=0) for m in ("pop", "segment-pop", "content", "mf")]
+    stack = Stack(members=members, validation_ks=(0, 1, 2, 3, 5, 10), min_users=5, seed=0)
+    stack.set_task("next-item")
+    stack.fit(split.train, validate=SplitValidator(split, "next-item"))
+    stack.dataset = split.train
+    return stack.save(tmp_path_factory.mktemp("serve") / "stack")
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'thaw.db'}")
+    s.init()
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def service(tiny_stack, store):
+    svc = Service(tiny_stack, store)
+    svc.seed_store()
+    return svc
+
+
+@pytest.fixture()
+def client(service):
+    return TestClient(create_app(service))
+
+
+def events(user, items, start=0, prefix=None):
+    prefix = prefix or user
+    return {"events": [{"event_id": f"{prefix}-{start + k}", "user": user, "item": item, "rating": 5.0,
+                        "kind": "rating", "ts": 1000 + start + k} for k, item in enumerate(items)]}
+
+
+def top(client, user, n=10, **params):
+    response = client.get(f"/v1/users/{user}/recommendations", params={"n": n, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_new_users_events_adapt_the_next_recommendations(client, service):
+    cold = top(client, "newbie")
+    assert cold["k"] == 0 and cold["route"]["band"] == "0" and not cold["cached"]
+    history = ["i3", "i7", "i11"]
+    assert client.post("/v1/events", json=events("newbie", history)).json()["stored"] == 3
+    warm = top(client, "newbie")
+    assert warm["k"] == 3 and not warm["cached"]
+    table = service.model.tables["next-item"]
+    row = table[band_of(3, service.model.bands)]
+    assert warm["route"]["band"] == band_label(service.model.bands[band_of(3, service.model.bands)])
+    assert warm["route"]["members"] == (["segment-pop"] if warm["route"]["breaker_tripped"] else row["members"])
+    assert [x["item"] for x in warm["items"]] != [x["item"] for x in cold["items"]]
+    assert not {x["item"] for x in warm["items"]} & set(history)
+    with_seen = top(client, "newbie", n=60, exclude_seen="false")
+    assert set(history) <= {x["item"] for x in with_seen["items"]}
+    assert top(client, "newbie")["cached"]
+    # the next event invalidates the cached answer
+    client.post("/v1/events", json=events("newbie", ["i20"], start=3))
+    fourth = top(client, "newbie")
+    assert not fourth["cached"] and fourth["k"] == 4 and "i20" not in {x["item"] for x in fourth["items"]}
+
+
+def test_the_same_store_gives_the_same_recommendations_after_a_restart(tiny_stack, store, client):
+    client.post("/v1/events", json=events("again", ["i1", "i2", "i5"]))
+    before = top(client, "again")
+    fresh = TestClient(create_app(Service(tiny_stack, Store(store.url))))
+    after = top(fresh, "again")
+    assert after["items"] == before["items"] and after["route"] == before["route"]
+
+
+def test_events_are_idempotent_on_event_id(client, store):
+    batch = events("u-idem", ["i1", "i2", "i3"])
+    first = client.post("/v1/events", json=batch).json()
+    assert first == {"stored": 3, "duplicates": [], "created_users": ["u-idem"], "created_items": []}
+    again = client.post("/v1/events", json=batch).json()
+    assert again["stored"] == 0 and sorted(again["duplicates"]) == ["u-idem-0", "u-idem-1", "u-idem-2"]
+    twice_in_one = {"events": batch["events"][:1] * 2}
+    assert client.post("/v1/events", json=twice_in_one).json()["stored"] == 0
+    assert [e["event_id"] for e in client.get("/v1/users/u-idem/history").json()["events"]] == [
+        "u-idem-0", "u-idem-1", "u-idem-2"]
+    assert store.count_events() == 3
+
+
+def test_unknown_items_are_rejected_whole_unless_created(client, store):
+    batch = events("u-new", ["i1", "not-an-item"])
+    response = client.post("/v1/events", json=batch)
+    assert response.status_code == 422
+    assert "not-an-item" in response.text and response.json()["detail"][0]["items"] == ["not-an-item"]
+    assert store.count_events() == 0 and store.user("u-new") is None  # nothing of the batch stored
+    created = client.post("/v1/events", params={"create_items": "true"}, json=batch).json()
+    assert created["stored"] == 2 and created["created_items"] == ["not-an-item"]
+    assert store.item("not-an-item") is not None
+    ranked = top(client, "u-new", n=1000, exclude_seen="false")
+    assert "not-an-item" in {x["item"] for x in ranked["items"]}
+
+
+@pytest.mark.parametrize("event, field", [
+    ({"user": "u", "item": "i1"}, "event_id"),
+    ({"event_id": "e" * 129, "user": "u", "item": "i1"}, "event_id"),
+    ({"event_id": "e", "user": "bad id", "item": "i1"}, "user"),
+    ({"event_id": "e", "user": "u", "item": "i1", "kind": "DROP TABLE"}, "kind"),
+    ({"event_id": "e", "user": "u", "item": "i1", "ts": -5}, "ts"),
+    ({"event_id": "e", "user": "u", "item": "i1", "rating": "five"}, "rating"),
+    ({"event_id": "e", "user": "u", "item": "i1", "extra": 1}, "extra"),
+])
+def test_bad_fields_are_422s_naming_the_field(client, store, event, field):
+    response = client.post("/v1/events", json={"events": [events("ok", ["i1"])["events"][0], event]})
+    assert response.status_code == 422
+    assert field in [str(part) for d in response.json()["detail"] for part in d["loc"]]
+    assert store.count_events() == 0
+
+
+def test_batches_and_bodies_are_bounded(client, store):
+    big = events("u-big", ["i1"] * (MAX_BATCH + 1))
+    assert client.post("/v1/events", json=big).status_code == 413
+    huge = {"features": {"title": "x"}, "text": "y" * 20_001}
+    assert client.put("/v1/items/x", json=huge).status_code == 422
+    response = client.post("/v1/events", content=b"{" + b" " * (3 * 1024 * 1024) + b"}",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert store.count_events() == 0
+
+
+def test_a_new_item_is_recommendable_at_once_through_content(client, service):
+    # a user who liked every Horror item of the catalogue; then a new Horror item arrives
+    features = service.data.item_features
+    horror = [str(service.data.item_ids[k]) for k, g in enumerate(features["genres"]) if "Horror" in g]
+    assert len(horror) >= 3
+    client.post("/v1/events", json=events("fan", horror))
+    before = top(client, "fan", n=1000)
+    put = client.put("/v1/items/new-horror", json={"features": {"title": "Horror story 999", "genres": ["Horror"],
+                                                                "year": 1990}, "text": ""})
+    assert put.json() == {"id": "new-horror", "created": True}
+    after = top(client, "fan", n=1000)
+    ranked = [x["item"] for x in after["items"]]
+    assert not after["cached"] and len(ranked) == len(before["items"]) + 1 and "new-horror" in ranked
+    other = client.put("/v1/items/new-western", json={"features": {"title": "Western story 998",
+                                                                   "genres": ["Western"], "year": 1990}})
+    assert other.status_code == 200
+    # content tells them apart by what the user liked, for this user and for a Western fan
+    ranked = [x["item"] for x in top(client, "fan", n=1000)["items"]]
+    assert ranked.index("new-horror") < ranked.index("new-western")
+    western = [str(service.data.item_ids[k]) for k, g in enumerate(features["genres"]) if "Western" in g]
+    client.post("/v1/events", json=events("cowboy", western))
+    ranked = [x["item"] for x in top(client, "cowboy", n=1000)["items"]]
+    assert ranked.index("new-western") < ranked.index("new-horror")
+
+
+def test_anonymous_recommendations_store_nothing(client, store):
+    body = {"profile": {"gender": "F", "age": 25}, "history": [{"item": "i3"}, {"item": "i7", "rating": 4}],
+            "n": 5}
+    response = client.post("/v1/recommendations", json=body)
+    assert response.status_code == 200
+    out = response.json()
+    assert out["user"] is None and out["k"] == 2 and len(out["items"]) == 5
+    assert not {"i3", "i7"} & {x["item"] for x in out["items"]}
+    assert store.count_events() == 0
+    assert client.post("/v1/recommendations", json={"history": [{"item": "nope"}]}).status_code == 422
+
+
+def test_profiles_and_history(client, store):
+    assert client.put("/v1/users/alice", json={"profile": {"gender": "F", "age": 31}}).json()["created"]
+    assert not client.put("/v1/users/alice", json={"profile": {"gender": "F", "age": 32}}).json()["created"]
+    client.post("/v1/events", json=events("alice", ["i4", "i2"]))
+    history = client.get("/v1/users/alice/history").json()
+    assert history["profile"] == {"gender": "F", "age": 32}
+    assert [(e["event_id"], e["item"]) for e in history["events"]] == [("alice-0", "i4"), ("alice-1", "i2")]
+    assert client.get("/v1/users/nobody/history").status_code == 404
+    # the bundled data's users and items are in the store with their features
+    assert store.item("i3")["features"]["genres"]
+    assert store.user("u0") is not None
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.post("/v1/events", json=events("m", ["i1", "i2"]))
+    top(client, "m")
+    top(client, "m")
+    text = client.get("/metrics").text
+    assert 'thaw_requests_total{method="POST",route="/v1/events",status="200"} 1' in text
+    assert 'thaw_request_seconds_count{method="GET",route="/v1/users/{user}/recommendations"} 2' in text
+    assert "thaw_events_stored_total 2" in text and "thaw_cache_hits_total 1" in text
+    assert "thaw_breaker_trips_total" in text
+    assert client.get("/openapi.json").json()["paths"]["/v1/events"]
+
+
+def test_schema_is_versioned_and_a_newer_one_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert Store(url).init() == 0
+    assert Store(url).init() == SCHEMA_VERSION and Store(url).version() == SCHEMA_VERSION
+    newer = Store(url)
+    with newer.writer.begin() as conn:
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(ThawError, match="upgrade thaw"):
+        Store(url).init()
+    with Store(url).reader.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_lru_is_bounded():
+    cache = LRU(2)
+    for k in range(3):
+        cache.put(k, k)
+    assert cache.get(0) is None and cache.get(2) == 2 and len(cache) == 2
+    cache.get(1)
+    cache.put(3, 3)
+    assert cache.get(1) == 1 and cache.get(2) is None
+
+
+def test_the_answer_is_the_stacks_own_ranking(service):
+    """No model logic in the service: a user's ranking is the stack's over its catalogue."""
+    from thaw.data.schema import Interactions
+    from thaw.models.base import Context, top_n
+
+    items = service.data.item_index(["i3", "i7", "i11"])
+    service.store.add_events(events("same", ["i3", "i7", "i11"])["events"])
+    picked = service.recommend("same", 10).items
+    ctx = Context(None, Interactions.of(items, [5.0] * 3, [1000, 1001, 1002]), {})
+    expected, _ = top_n(service.model, ctx, np.arange(service.data.n_items), 10)
+    assert [i for i, _ in picked] == [str(service.data.item_ids[i]) for i in expected]
+
+
+def test_explored_slates_are_logged_with_propensities_and_replayable(tiny_stack, client, service, store, tmp_path):
+    from thaw.bandits.cli import bandit_replay
+    from thaw.bandits.offline import read_log_csv
+
+    client.post("/v1/events", json=events("explorer", ["i3", "i7"]))
+    plain = top(client, "explorer", n=30)
+    out = top(client, "explorer", n=10, explore="true")
+    assert out["slate_id"] and out["cached"]  # the stack's answer is reused; only the slots differ
+    first, rest = out["items"][:2], out["items"][2:]
+    pool = [x["item"] for x in plain["items"][:20]]
+    assert all(x["item"] in pool and 0 < x["propensity"] <= 1 for x in first)
+    assert all(x["propensity"] is None for x in rest)
+    picked = {x["item"] for x in first}
+    assert [x["item"] for x in rest] == [x["item"] for x in plain["items"] if x["item"] not in picked][:8]
+    # the outcome of an explored slot, once; an item not explored there is a 404
+    body = {"slate_id": out["slate_id"], "item": first[0]["item"], "reward": 1.0}
+    assert client.post("/v1/feedback", json=body).json() == {"recorded": True}
+    assert client.post("/v1/feedback", json=body).json() == {"recorded": False}
+    assert client.post("/v1/feedback", json={**body, "item": rest[0]["item"]}).status_code == 404
+    assert client.post("/v1/feedback", json={**body, "reward": 2}).status_code == 422
+    assert service.policy.n_updates == 1
+    for k in range(5):
+        top(client, f"explorer{k}", n=5, explore="true")
+    log = client.get("/v1/exploration/log.csv")
+    assert log.status_code == 200 and log.text.startswith("item,reward,user,propensity,candidates")
+    path = tmp_path / "log.csv"
+    path.write_text(log.text)
+    parsed, _ = read_log_csv(path)
+    assert len(parsed) == 12 and parsed.rewards.sum() == 1.0 and parsed.propensities is not None
+    assert all(len(c) == 20 - (k % 2) for k, c in enumerate(parsed.candidates))  # slot 2: slot 1's item is out
+    bandit_replay(log=path, policies="random,thompson")  # `thaw bandit-replay --log` on the service's own log
+    # a restarted service's policy has learned the stored rewards again
+    again = Service(tiny_stack, Store(store.url))
+    assert again.restore_policy() == 1 and again.policy.n_updates == 1
+
+
+def test_tokens_guard_writes_and_reads_by_scope(service):
+    from thaw.serve.auth import Auth, parse_tokens
+
+    writer, reader = "w" * 20, "r" * 20
+    auth = Auth(parse_tokens(f"{writer}=read,write; {reader}=read"))
+    c = TestClient(create_app(service, auth))
+    body = events("guarded", ["i1"])
+    assert c.post("/v1/events", json=body).status_code == 401
+    assert c.post("/v1/events", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.post("/v1/events", json=body, headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    assert c.post("/v1/events", json=body, headers={"Authorization": f"Bearer {writer}"}).status_code == 200
+    assert c.get("/v1/users/guarded/recommendations").status_code == 401
+    assert c.get("/v1/users/guarded/recommendations", headers={"Authorization": f"Bearer {reader}"}).status_code == 200
+    assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+    with pytest.raises(ThawError, match="scope"):
+        parse_tokens(f"{writer}=root")
+    with pytest.raises(ThawError, match="16 characters"):
+        parse_tokens("short=read")
+
+
+def test_serve_refuses_an_open_api_off_loopback(tiny_stack, tmp_path, monkeypatch):
+    from thaw.serve.cli import serve
+
+    monkeypatch.delenv("THAW_API_TOKENS", raising=False)
+    with pytest.raises(ThawError, match="loopback only"):
+        serve(tiny_stack, db=f"sqlite:///{tmp_path / 'x.db'}", host="0.0.0.0", port=0, workers=1)
+
+
+def test_admin_reload_swaps_the_model_between_requests(tiny_stack, service, tmp_path):
+    from thaw.models.persist import load
+    from thaw.serve.auth import Auth, parse_tokens
+
+    admin, writer = "a" * 20, "w" * 20
+    c = TestClient(create_app(service, Auth(parse_tokens(f"{admin}=admin {writer}=read,write"))))
+    head = {"Authorization": f"Bearer {admin}"}
+    before = c.get("/v1/users/r/recommendations", headers=head).json()["model_version"]
+    refit = load(tiny_stack)
+    refit.tables["next-item"][0] = {**refit.tables["next-item"][0], "members": ["pop"], "weights": [1.0],
+                                    "threshold": None}
+    refit.save(tmp_path / "refit")
+    assert c.post("/v1/admin/reload", json={"model_dir": str(tmp_path / "refit")},
+                  headers={"Authorization": f"Bearer {writer}"}).status_code == 403
+    out = c.post("/v1/admin/reload", json={"model_dir": str(tmp_path / "refit")}, headers=head)
+    assert out.status_code == 200 and out.json()["previous"] == before != out.json()["model_version"]
+    after = c.get("/v1/users/r/recommendations", headers=head).json()
+    assert after["model_version"] == out.json()["model_version"] and after["route"]["members"] == ["pop"]
+    assert c.post("/v1/admin/reload", json={"model_dir": str(tmp_path / "none")}, headers=head).status_code == 422
+    assert "thaw_reloads_total 1" in c.get("/metrics").text
+
+
+def test_a_good_prior_makes_thompson_sampling_regret_less_early():
+    from thaw.bandits.policies import ThompsonBeta
+    from thaw.bandits.simulate import bernoulli_world, run_policy
+    from thaw.serve.exploration import PriorThompson
+
+    means = np.random.default_rng(0).beta(1, 3, size=200)
+    world = bernoulli_world(means)
+    noisy = np.clip(means + np.random.default_rng(1).normal(0, 0.05, len(means)), 0.01, 0.99)
+    informed = PriorThompson(lambda ctx, cands: noisy[cands], strength=10.0, seed=0)
+    uniform = ThompsonBeta(seed=0)
+    t = 2000
+    assert run_policy(world, informed, t, seed=0).regret[-1] < 0.5 * run_policy(world, uniform, t, seed=0).regret[-1]
+    decision = informed.decide(world.contexts[0], world.items, 2)
+    assert np.all((decision.propensities > 0) & (decision.propensities <= 1))
+    # evidence moves it off a wrong prior: an arm the prior rates best but that never pays
+    wrong = PriorThompson(lambda ctx, cands: np.where(cands == 0, 0.9, 0.5), strength=10.0, seed=0)
+    for _ in range(200):
+        wrong.update(world.contexts[0], 0, 0.0)
+    assert wrong.action_probabilities(world.contexts[0], np.arange(5))[0] < 0.05

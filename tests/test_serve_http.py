@@ -1,0 +1,257 @@
+"""thaw serve over real HTTP (uvicorn in a subprocess on 127.0.0.1): nothing acknowledged is
+lost when the server is killed with SIGKILL mid-stream, on SQLite and on a real PostgreSQL
+server that this file starts itself (skipped only where no PostgreSQL is installed; .ci/run
+installs it)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from glob import glob
+from pathlib import Path
+
+import pytest
+
+from test_serve import tiny_stack  # noqa: F401 - the shared fixture
+from thaw.serve.store import Store
+
+WRITERS = 4
+BATCH = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port, method, path, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+class Server:
+    """`python -m thaw.serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, model_dir, db, log):
+        self.model_dir, self.db, self.log = model_dir, db, log
+        self.port = free_port()
+        self.proc = None
+
+    def start(self, timeout=120):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "thaw.serve", str(self.model_dir), "--db", self.db,
+                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if call(self.port, "GET", "/readyz", timeout=2)[0] == 200:
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture()
+def server_log(tmp_path):
+    with open(tmp_path / "server.log", "w") as log:
+        yield log
+
+
+def durability(model_dir, db, log):
+    """Writers post batches while the server is killed with SIGKILL; after a restart every
+    acknowledged event is stored exactly once, and retrying the unacknowledged ones (as a
+    client would) stores each of them once too."""
+    server = Server(model_dir, db, log).start()
+    acked, unacked, refused, lock = [], [], [], threading.Lock()
+    stop = threading.Event()
+
+    def writer(w):
+        n = 0
+        while not stop.is_set():
+            batch = [{"event_id": f"w{w}-{n + k}", "user": f"writer{w}", "item": f"i{(n + k) % 60}",
+                      "kind": "click", "ts": n + k} for k in range(BATCH)]
+            ids = [e["event_id"] for e in batch]
+            n += BATCH
+            try:
+                status, _ = call(server.port, "POST", "/v1/events", {"events": batch}, timeout=10)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                status = None
+            with lock:
+                (acked if status == 200 else unacked).append(ids)
+                if status not in (200, None):
+                    refused.append(status)
+            if status is None:
+                return
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with lock:
+            if len(acked) >= 10:
+                break
+        time.sleep(0.01)
+    server.kill()  # mid-stream: writers are still posting
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked) >= 10, "the writers got too few acknowledgements before the kill"
+    assert not refused, f"the server refused batches: {refused[:5]}"
+    print(f"acknowledged batches {len(acked)}, in flight at the kill {len(unacked)}")
+
+    server = Server(model_dir, db, log).start()
+    try:
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        assert len(stored) == len(set(stored))
+        missing = {i for batch in acked for i in batch} - set(stored)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+        # a client retries what it did not get an answer for, and an acknowledged batch again
+        for ids in [*unacked, acked[0]]:
+            w = ids[0].split("-")[0][1:]
+            batch = [{"event_id": i, "user": f"writer{w}", "item": f"i{int(i.split('-')[1]) % 60}", "kind": "click",
+                      "ts": int(i.split("-")[1])} for i in ids]
+            assert call(server.port, "POST", "/v1/events", {"events": batch})[0] == 200
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        expected = {i for batch in [*acked, *unacked] for i in batch}
+        assert len(stored) == len(set(stored)) and set(stored) == expected
+        status, history = call(server.port, "GET", "/v1/users/writer0/history")
+        assert status == 200 and len(history["events"]) == len({i for i in expected if i.startswith("w0-")})
+    finally:
+        server.stop()
+
+
+def test_acknowledged_events_survive_sigkill_on_sqlite(tiny_stack, tmp_path, server_log):  # noqa: F811
+    durability(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log)
+
+
+def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path, server_log):  # noqa: F811
+    server = Server(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log).start()
+    try:
+        status, cold = call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")
+        assert status == 200 and cold["k"] == 0
+        batch = [{"event_id": f"f{k}", "user": "fresh", "item": item, "rating": 5, "kind": "rating", "ts": k}
+                 for k, item in enumerate(["i3", "i33", "i35"])]
+        assert call(server.port, "POST", "/v1/events", {"events": batch}) == (
+            200, {"stored": 3, "duplicates": [], "created_users": ["fresh"], "created_items": []})
+        status, warm = call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")
+        assert status == 200 and warm["k"] == 3 and not warm["cached"]
+        assert warm["items"] != cold["items"] and not {"i3", "i33", "i35"} & {x["item"] for x in warm["items"]}
+        status, text = 0, ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+            status, text = response.status, response.read().decode()
+        assert status == 200 and "thaw_events_stored_total 3" in text
+        # SIGHUP reloads the model folder; the server keeps answering meanwhile
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "thaw_reloads_total 1" not in text and time.monotonic() < deadline:
+            assert call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")[0] == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+        assert "thaw_reloads_total 1" in text
+        assert call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")[1]["items"] == warm["items"]
+    finally:
+        server.stop()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on loopback (as the postgres user when we are root)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server installed (.ci/run installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="thaw-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "thaw", "-A", "trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://thaw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_url(postgres):
+    """The server with an empty thaw schema for each test."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(postgres)
+    with engine.begin() as conn:
+        for table in ("thaw_events", "thaw_items", "thaw_users", "thaw_revisions", "thaw_schema_version"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    engine.dispose()
+    return postgres
+
+
+def test_acknowledged_events_survive_sigkill_on_postgresql(tiny_stack, pg_url, server_log):  # noqa: F811
+    durability(tiny_stack, pg_url, server_log)
+
+
+def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
+    from test_serve import events
+
+    store = Store(pg_url)
+    assert store.init() == 0 and store.init() == 1
+    store.put_item("a", {"title": "A", "genres": ["Drama"]}, "")
+    first = store.add_events(events("u", ["a", "a"])["events"])
+    again = store.add_events(events("u", ["a", "a"])["events"])
+    assert len(first.stored) == 2 and first.created_users == ["u"] and again.duplicates == ["u-0", "u-1"]
+    from thaw.serve.store import UnknownItems
+
+    with pytest.raises(UnknownItems):
+        store.add_events(events("v", ["a", "b"])["events"])
+    assert store.user("v") is None and store.count_events() == 2
+    assert store.add_events(events("v", ["a", "b"])["events"], create_items=True).created_items == ["b"]
+    row, history, rev = store.snapshot("u")
+    assert [e["event_id"] for e in history] == ["u-0", "u-1"] and rev == 2
+    store.close()

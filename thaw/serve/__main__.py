@@ -1,0 +1,3 @@
+from thaw.serve.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""``thaw serve``: a saved model online over an SQL store (the lead registers it in thaw/cli.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thaw.errors import ThawError
+
+DEFAULT_DB = "sqlite:///thaw.db"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="A folder written by `thaw fit` (a stack, or any model).")],
+    db: Annotated[str, typer.Option(help="Store URL: sqlite:///FILE (WAL, synchronous FULL) or postgresql+psycopg://USER@HOST:PORT/DB.")] = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the model; they share the store).")] = 1,
+    cache: Annotated[int, typer.Option(help="Users whose scored catalogue each worker keeps (LRU).")] = 4096,
+    tokens: Annotated[Path | None, typer.Option(help="Bearer tokens file (TOKEN=read,write per line), added to THAW_API_TOKENS.")] = None,
+) -> None:
+    """Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."""
+    import uvicorn
+
+    from thaw.serve.service import Service
+    from thaw.serve.store import Store
+
+    if workers < 1:
+        raise ThawError("--workers must be at least 1")
+    from thaw.serve.auth import load_tokens
+
+    if not load_tokens(tokens):
+        if host not in LOOPBACK:
+            raise ThawError(f"no API tokens (THAW_API_TOKENS or --tokens): refusing to listen on {host}; "
+                            "without tokens thaw serve listens on loopback only")
+        typer.echo("no API tokens: the API is open, so it listens on loopback only")
+    store = Store(db)
+    found = store.init()
+    service = Service(model_dir, store, cache_size=0)
+    users, items = service.seed_store()
+    typer.echo(f"store {store.safe_url}: schema {'created' if found == 0 else 'ready'}; added {users} users "
+               f"and {items} items of {service.data.name}; model {service.version}")
+    store.close()
+    del service
+    os.environ.update(THAW_SERVE_MODEL=str(model_dir), THAW_SERVE_DB=db, THAW_SERVE_CACHE=str(cache),
+                      THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens))
+    uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+
+
+def main() -> None:
+    """``python -m thaw.serve MODEL_DIR ...`` until ``thaw serve`` is registered."""
+    import sys
+
+    try:
+        typer.run(serve)
+    except ThawError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -1,0 +1,399 @@
+"""The event store: users, items and events in SQL, through SQLAlchemy 2 Core.
+
+SQLite by default (one file, WAL mode, synchronous FULL: a commit is on disk before it
+returns), PostgreSQL by URL (``postgresql+psycopg://...``); one schema for both, created and
+upgraded by the server itself (``thaw_schema_version`` holds the version; ``MIGRATIONS`` the
+steps). Every write is one transaction, so a request that fails leaves nothing behind, and the
+service acknowledges a write only after its commit. Events are idempotent on ``event_id``:
+the unique index makes a retried batch land once, however many workers race.
+
+Ids are the client's strings (at most ``MAX_ID`` characters). ``rev`` columns count changes:
+the service compares them with what it has cached (per user, and for the catalogue), so every
+worker process sees every other worker's writes without talking to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from thaw.errors import ThawError
+
+SCHEMA_VERSION = 1
+MAX_ID = 128
+CHUNK = 500  # rows per IN (...) list and per multi-row insert
+
+metadata = MetaData()
+schema_version = Table("thaw_schema_version", metadata, Column("version", Integer, nullable=False))
+revisions = Table("thaw_revisions", metadata,
+                  Column("name", String(32), primary_key=True),
+                  Column("value", BigInteger, nullable=False))
+users = Table("thaw_users", metadata,
+              Column("id", String(MAX_ID), primary_key=True),
+              Column("profile", JSON, nullable=False),
+              Column("rev", BigInteger, nullable=False),
+              Column("updated_at", Float, nullable=False))
+items = Table("thaw_items", metadata,
+              Column("id", String(MAX_ID), primary_key=True),
+              Column("features", JSON, nullable=False),
+              Column("text", Text, nullable=False),
+              Column("rev", BigInteger, nullable=False),
+              Column("updated_at", Float, nullable=False),
+              Index("thaw_items_rev", "rev"))
+# seq: the order events were stored in (SQLite's rowid; PostgreSQL's bigserial).
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+events = Table("thaw_events", metadata,
+               Column("seq", _SEQ, primary_key=True, autoincrement=True),
+               Column("event_id", String(MAX_ID), nullable=False, unique=True),
+               Column("user_id", String(MAX_ID), nullable=False),
+               Column("item_id", String(MAX_ID), nullable=False),
+               Column("rating", Float, nullable=True),
+               Column("kind", String(32), nullable=False),
+               Column("ts", BigInteger, nullable=False),
+               Column("stored_at", Float, nullable=False),
+               Index("thaw_events_user", "user_id", "seq"))
+
+# Exploration: each explored slot of a served slate, with the candidates the policy chose
+# among and the probability it gave the item shown; and the rewards clients report for them.
+exposures = Table("thaw_exposures", metadata,
+                  Column("slate_id", String(64), primary_key=True),
+                  Column("slot", Integer, primary_key=True),
+                  Column("user_id", String(MAX_ID), nullable=False),
+                  Column("item_id", String(MAX_ID), nullable=False),
+                  Column("propensity", Float, nullable=False),
+                  Column("candidates", JSON, nullable=False),
+                  Column("policy", String(32), nullable=False),
+                  Column("created_at", Float, nullable=False))
+feedback = Table("thaw_feedback", metadata,
+                 Column("seq", _SEQ, primary_key=True, autoincrement=True),
+                 Column("slate_id", String(64), nullable=False),
+                 Column("item_id", String(MAX_ID), nullable=False),
+                 Column("reward", Float, nullable=False),
+                 Column("stored_at", Float, nullable=False),
+                 Index("thaw_feedback_once", "slate_id", "item_id", unique=True))
+
+# The reads on every recommendation, built once (SQLAlchemy caches their compiled SQL).
+_USER = select(users).where(users.c.id == bindparam("user"))
+_HISTORY = select(events).where(events.c.user_id == bindparam("user")).order_by(events.c.ts, events.c.seq)
+_CATALOGUE_REV = select(revisions.c.value).where(revisions.c.name == "catalogue")
+
+# version -> the step that upgrades a store from it to version + 1 (none yet: version 1 is the first).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+class UnknownItems(ThawError):
+    """Events name items the store does not have (and the request did not allow creating them)."""
+
+    def __init__(self, unknown: Sequence[str]) -> None:
+        self.unknown = list(unknown)
+        super().__init__(f"unknown item(s): {', '.join(self.unknown[:10])}"
+                         + (f" and {len(self.unknown) - 10} more" if len(self.unknown) > 10 else "")
+                         + "; PUT /v1/items/{item} first, or post with create_items=true")
+
+
+@dataclass
+class EventsWritten:
+    """What one batch did: stored event ids (new), duplicates (already stored), created rows."""
+
+    stored: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    created_users: list[str] = field(default_factory=list)
+    created_items: list[str] = field(default_factory=list)
+
+
+class Store:
+    """Users, items and events behind one SQLAlchemy URL (``sqlite:///path`` or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        if self.dialect == "sqlite":
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                raise ThawError("an in-memory SQLite store would lose every event; give a file "
+                                "(sqlite:///path/to/thaw.db)")
+            # Two engines: writes take the write lock when they begin (BEGIN IMMEDIATE), so two
+            # writers never deadlock upgrading a read lock; reads begin deferred and never wait.
+            self.writer = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self.reader = _sqlite_engine(url, "BEGIN")
+            self._insert = sqlite.insert
+        elif self.dialect == "postgresql":
+            self.writer = self.reader = create_engine(url, pool_pre_ping=True, pool_size=8)
+            self._insert = postgresql.insert
+        else:
+            raise ThawError(f"unsupported store URL '{url}': use sqlite:///FILE or "
+                            "postgresql+psycopg://USER@HOST:PORT/DB")
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def init(self) -> int:
+        """Create the schema, or upgrade it to ``SCHEMA_VERSION``; returns the version found
+        (0 for a new store). A store from a newer thaw is refused, never touched."""
+        with self.writer.begin() as conn:
+            if self.dialect == "postgresql":  # one creator at a time when workers start together
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7231)")
+            metadata.create_all(conn, checkfirst=True)
+            found = conn.execute(select(schema_version.c.version)).scalar()
+            if found is None:
+                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+                conn.execute(self._insert(revisions).values(name="catalogue", value=0)
+                             .on_conflict_do_nothing())
+                return 0
+            if found > SCHEMA_VERSION:
+                raise ThawError(f"the store at {self.safe_url} has schema version {found}; this thaw "
+                                f"knows up to {SCHEMA_VERSION}: upgrade thaw")
+            for version in range(found, SCHEMA_VERSION):
+                MIGRATIONS[version](conn)
+            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
+            return found
+
+    def version(self) -> int | None:
+        with self.reader.connect() as conn:
+            return conn.execute(select(schema_version.c.version)).scalar()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without a password, for messages."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def ping(self) -> bool:
+        try:
+            with self.reader.connect() as conn:
+                return conn.execute(select(schema_version.c.version)).scalar() == SCHEMA_VERSION
+        except Exception:  # noqa: BLE001 - any failure means: not ready
+            return False
+
+    def close(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def put_item(self, item: str, features: Mapping[str, Any], text: str) -> bool:
+        """Create or update an item; True when it is new. Moves the catalogue revision on."""
+        with self.writer.begin() as conn:
+            rev = self._bump_catalogue(conn)
+            created = conn.execute(select(items.c.id).where(items.c.id == item)).first() is None
+            row = {"id": item, "features": dict(features), "text": text, "rev": rev, "updated_at": time.time()}
+            stmt = self._insert(items).values(**row)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[items.c.id],
+                                                    set_={k: v for k, v in row.items() if k != "id"}))
+            return created
+
+    def put_user(self, user: str, profile: Mapping[str, Any]) -> bool:
+        """Create or replace a user's profile; True when the user is new."""
+        with self.writer.begin() as conn:
+            created = conn.execute(select(users.c.id).where(users.c.id == user)).first() is None
+            stmt = self._insert(users).values(id=user, profile=dict(profile), rev=0, updated_at=time.time())
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[users.c.id],
+                set_={"profile": dict(profile), "rev": users.c.rev + 1, "updated_at": time.time()}))
+            return created
+
+    def seed(self, user_rows: Iterable[tuple[str, Mapping[str, Any]]],
+             item_rows: Iterable[tuple[str, Mapping[str, Any], str]]) -> tuple[int, int]:
+        """Insert the users and items that are missing (a model's bundled data), leaving every
+        stored one as it is; returns how many of each were added."""
+        now = time.time()
+        added = [0, 0]
+        with self.writer.begin() as conn:
+            for k, (table, rows) in enumerate((
+                    (users, [{"id": u, "profile": dict(p), "rev": 0, "updated_at": now} for u, p in user_rows]),
+                    (items, [{"id": i, "features": dict(f), "text": t, "rev": 0, "updated_at": now}
+                             for i, f, t in item_rows]))):
+                for chunk in _chunks(rows):
+                    known = set(conn.execute(select(table.c.id).where(table.c.id.in_([r["id"] for r in chunk])))
+                                .scalars())
+                    new = [r for r in chunk if r["id"] not in known]
+                    if new:
+                        conn.execute(self._insert(table).on_conflict_do_nothing(), new)
+                        added[k] += len(new)
+        return added[0], added[1]
+
+    def add_events(self, batch: Sequence[Mapping[str, Any]], create_items: bool = False) -> EventsWritten:
+        """Store a batch of events in one transaction, each ``event_id`` once.
+
+        Users never seen are created as cold users (empty profile). Items never seen are an
+        ``UnknownItems`` error, and then nothing of the batch is stored, unless
+        ``create_items`` (they are created without features). Returns only after the commit.
+        """
+        out = EventsWritten()
+        now = time.time()
+        with self.writer.begin() as conn:
+            first: dict[str, Mapping[str, Any]] = {}
+            for e in batch:
+                if e["event_id"] in first:
+                    out.duplicates.append(e["event_id"])
+                else:
+                    first[e["event_id"]] = e
+            stored = self._existing(conn, events.c.event_id, list(first))
+            out.duplicates += [i for i in first if i in stored]
+            fresh = [e for i, e in first.items() if i not in stored]
+            item_ids = list(dict.fromkeys(e["item"] for e in fresh))
+            known_items = self._existing(conn, items.c.id, item_ids)
+            missing = [i for i in item_ids if i not in known_items]
+            if missing and not create_items:
+                raise UnknownItems(missing)
+            if missing:
+                rev = self._bump_catalogue(conn)
+                conn.execute(self._insert(items).on_conflict_do_nothing(),
+                             [{"id": i, "features": {}, "text": "", "rev": rev, "updated_at": now} for i in missing])
+                out.created_items = missing
+            user_ids = list(dict.fromkeys(e["user"] for e in fresh))
+            known_users = self._existing(conn, users.c.id, user_ids)
+            new_users = [u for u in user_ids if u not in known_users]
+            if new_users:
+                conn.execute(self._insert(users).on_conflict_do_nothing(),
+                             [{"id": u, "profile": {}, "rev": 0, "updated_at": now} for u in new_users])
+                out.created_users = new_users
+            rows = [{"event_id": e["event_id"], "user_id": e["user"], "item_id": e["item"],
+                     "rating": e.get("rating"), "kind": e["kind"], "ts": int(e["ts"]), "stored_at": now}
+                    for e in fresh]
+            for chunk in _chunks(rows):
+                # A concurrent writer may have stored the same event_id since the check: the
+                # unique index decides, and the event still lands once.
+                conn.execute(self._insert(events).on_conflict_do_nothing(index_elements=[events.c.event_id]),
+                             chunk)
+            out.stored = [r["event_id"] for r in rows]
+        return out
+
+    def add_exposures(self, slate_id: str, user: str, policy: str,
+                      slots: Sequence[tuple[str, float, Sequence[str]]]) -> None:
+        """Log the explored slots of one served slate: (item, propensity, candidates) each."""
+        now = time.time()
+        with self.writer.begin() as conn:
+            conn.execute(exposures.insert(), [
+                {"slate_id": slate_id, "slot": k, "user_id": user, "item_id": item, "propensity": float(p),
+                 "candidates": list(cands), "policy": policy, "created_at": now}
+                for k, (item, p, cands) in enumerate(slots)])
+
+    def add_feedback(self, slate_id: str, item: str, reward: float) -> dict[str, Any] | None:
+        """Record the reward of an item shown in an explored slot, once per (slate, item).
+        Returns the exposure when the reward is new, None when it was already recorded; a
+        KeyError when the item was not shown in an explored slot of that slate."""
+        with self.writer.begin() as conn:
+            shown = conn.execute(select(exposures).where(exposures.c.slate_id == slate_id,
+                                                         exposures.c.item_id == item)).mappings().first()
+            if shown is None:
+                raise KeyError(slate_id)
+            result = conn.execute(self._insert(feedback).values(
+                slate_id=slate_id, item_id=item, reward=float(reward), stored_at=time.time())
+                .on_conflict_do_nothing(index_elements=[feedback.c.slate_id, feedback.c.item_id]))
+            return dict(shown) if result.rowcount else None
+
+    def bandit_log(self) -> list[dict[str, Any]]:
+        """Every explored slot with its reward (0 when the client reported none), in the
+        order served: the rows ``thaw bandit-replay`` reads."""
+        joined = exposures.outerjoin(feedback, (feedback.c.slate_id == exposures.c.slate_id)
+                                     & (feedback.c.item_id == exposures.c.item_id))
+        stmt = (select(exposures, feedback.c.reward).select_from(joined)
+                .order_by(exposures.c.created_at, exposures.c.slate_id, exposures.c.slot))
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def all_feedback(self) -> list[dict[str, Any]]:
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(select(feedback).order_by(feedback.c.seq)).mappings()]
+
+    def _bump_catalogue(self, conn: Connection) -> int:
+        conn.execute(update(revisions).where(revisions.c.name == "catalogue").values(value=revisions.c.value + 1))
+        return int(conn.execute(select(revisions.c.value).where(revisions.c.name == "catalogue")).scalar_one())
+
+    @staticmethod
+    def _existing(conn: Connection, column: Column, values: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(values)):
+            found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+        return found
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def user(self, user: str) -> dict[str, Any] | None:
+        with self.reader.connect() as conn:
+            row = conn.execute(select(users).where(users.c.id == user)).mappings().first()
+        return None if row is None else dict(row)
+
+    def item(self, item: str) -> dict[str, Any] | None:
+        with self.reader.connect() as conn:
+            row = conn.execute(select(items).where(items.c.id == item)).mappings().first()
+        return None if row is None else dict(row)
+
+    def snapshot(self, user: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+        """One consistent read of a user's row, every event of theirs (in the order they
+        happened: ts, then the order stored) and the catalogue revision."""
+        with self.reader.begin() as conn:
+            row = conn.execute(_USER, {"user": user}).mappings().first()
+            history = conn.execute(_HISTORY, {"user": user}).mappings().all()
+            rev = conn.execute(_CATALOGUE_REV).scalar_one()
+        return (None if row is None else dict(row)), [dict(r) for r in history], int(rev)
+
+    def history(self, user: str) -> list[dict[str, Any]]:
+        return self.snapshot(user)[1]
+
+    def catalogue_rev(self) -> int:
+        with self.reader.connect() as conn:
+            return int(conn.execute(_CATALOGUE_REV).scalar_one())
+
+    def items_changed_since(self, rev: int) -> list[dict[str, Any]]:
+        """Items created or updated after catalogue revision ``rev``, oldest change first."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(items).where(items.c.rev > rev).order_by(items.c.rev, items.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    def count_events(self) -> int:
+        with self.reader.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+    def all_events(self) -> list[dict[str, Any]]:
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(select(events).order_by(events.c.seq)).mappings()]
+
+
+def _sqlite_engine(url: str, begin: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below, not the driver's
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def _chunks(rows: list, size: int = CHUNK) -> Iterable[list]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
