@@ -38,7 +38,7 @@ $(VENV)/.peers: $(VENV)/.installed
 
 peers: $(VENV)/.peers
 
-# Every figure of BENCHMARKS.md, section by section, printed to the terminal (about an hour
+# Every figure of BENCHMARKS.md, section by section, printed to the terminal (several hours
 # on a 2-core machine; BENCHMARKS.md has the breakdown). Result files go under results/.
 bench: setup peers
 	$(VENV)/bin/thaw run --out results --no-progress
@@ -58,6 +58,14 @@ bench: setup peers
 	$(PY) benchmarks/stack.py --part items
 	$(PY) benchmarks/full_ranking.py
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
+	$(PY) benchmarks/seq_objectives.py compare
+	$(PY) benchmarks/quality_fixes.py
+	$(PY) benchmarks/coldwarm.py --quick
+	$(PY) benchmarks/coldwarm.py --dataset ml-1m --quick
+	$(PY) benchmarks/retrieval.py
+	$(PY) benchmarks/serve_latency.py
+	$(PY) benchmarks/serve_exploration.py --horizon 30000 --seeds 5
+	$(PY) benchmarks/cli_startup.py --repeats 5
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

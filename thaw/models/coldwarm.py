@@ -34,8 +34,8 @@ The paper gives no equations and no code; where it is silent, these are the choi
   regime; the ``targets`` items after the cut are positives, each with ``n_negatives`` items the
   user never touched. Epochs stop early on validation users.
 
-Ablations: ``mode`` "gate" (the paper), "average" (experts averaged, no gate), "cold" (the cold
-expert alone); ``alpha`` = 0 (no distillation); ``bias`` False (no bias net).
+Ablations: ``mode`` "gate" (the paper), "average" (experts averaged, no gate), "cold" or "warm"
+(one expert alone); ``alpha`` = 0 (no distillation); ``bias`` False (no bias net).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from thaw.data.schema import Dataset
 from thaw.models.base import Context
 from thaw.models.two_tower import N_STATE, TwoTower, TwoTowerNet, bce, masked_mean, mlp
 
-MODES = ("gate", "average", "cold")
+MODES = ("gate", "average", "cold", "warm")
 
 
 class _ColdWarmNet(TwoTowerNet):
@@ -80,7 +80,7 @@ class _ColdWarmNet(TwoTowerNet):
         elif self.mode == "average":
             user = (warm + cold) / 2
         else:
-            user = cold
+            user = cold if self.mode == "cold" else warm
         if self.use_bias:
             bias = self.bias_net(torch.cat([*(profile[i] for i in self.bias_fields), x["state"]], -1))
         else:
@@ -192,16 +192,13 @@ class ColdWarmNet(TwoTower):
         """BCE of the combined logit and of each expert's, plus the teacher-selected distillation."""
         users = self.net.users(x)
         total = masked_mean(bce(self.net.logits(users, items), target), mask)
-        if self.mode == "cold":
+        if self.mode in ("cold", "warm"):  # one expert: nothing to combine or distil
             return total
         cold_logit = self.net.logits(users, items, "cold")
         warm_logit = self.net.logits(users, items, "warm")
-        cold_loss, warm_loss = bce(cold_logit, target), bce(warm_logit, target)
-        total = total + masked_mean(cold_loss, mask) + masked_mean(warm_loss, mask)
+        total = total + masked_mean(bce(cold_logit, target), mask) + masked_mean(bce(warm_logit, target), mask)
         if self.alpha > 0:
-            teacher = (warm_loss < cold_loss).float().detach()
-            distil = bce(cold_logit, torch.sigmoid(warm_logit.detach()))
-            total = total + self.alpha * masked_mean(teacher * distil, mask)
+            total = total + self.alpha * masked_mean(distillation(cold_logit, warm_logit, target), mask)
         return total
 
     def gate_value(self, ctx: Context) -> float:
@@ -211,6 +208,15 @@ class ColdWarmNet(TwoTower):
         x = self.request_inputs([ctx])
         with torch.no_grad():
             return float(torch.sigmoid(self.net.gate(x["state"]))[0, 0])
+
+
+def distillation(cold_logit: Tensor, warm_logit: Tensor, target: Tensor) -> Tensor:
+    """Per sample: BCE of the cold expert's logit against the warm expert's (detached)
+    probability where the warm expert's own loss is lower (the teacher selector), else 0."""
+    with torch.no_grad():
+        teacher = (bce(warm_logit, target) < bce(cold_logit, target)).to(cold_logit.dtype)
+        soft = torch.sigmoid(warm_logit)
+    return teacher * bce(cold_logit, soft)
 
 
 class ColdWarmNoGate(ColdWarmNet):
