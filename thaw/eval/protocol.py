@@ -365,23 +365,30 @@ def _in_workers(job: _ModelJob, models: Mapping[str, Recommender], bar: _Progres
                 bar.finished(futures[future])
             bar.refresh()
     except BaseException:
-        _stop_workers(pool, set(multiprocessing.active_children()) - before)
+        _stop_workers(pool, before)
         raise
     pool.shutdown()
     return outcomes
 
 
-def _stop_workers(pool: ProcessPoolExecutor, workers: set) -> None:
-    """Cancel what has not started and end the workers now: SIGTERM, then SIGKILL after 2 s."""
+def _stop_workers(pool: ProcessPoolExecutor, before: set) -> None:
+    """Cancel what has not started and end the workers now: SIGTERM, then SIGKILL after 2 s.
+    Swept until no child is left that was not there ``before``: the pool's manager thread can
+    still be starting a worker while the first ones are stopped."""
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in workers:
-        process.terminate()
-    deadline = time.monotonic() + 2.0
-    for process in workers:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join(1.0)
+    deadline = time.monotonic() + 10.0
+    while workers := set(multiprocessing.active_children()) - before:
+        for process in workers:
+            process.terminate()
+        grace = time.monotonic() + 2.0
+        for process in workers:
+            process.join(max(0.0, grace - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # a worker being started now shows up in the next sweep
 
 
 @contextlib.contextmanager
