@@ -88,7 +88,7 @@ def server_log(tmp_path):
         yield log
 
 
-def durability(model_dir, db, log):
+def check_durability(model_dir, db, log):
     """Writers post batches while the server is killed with SIGKILL; after a restart every
     acknowledged event is stored exactly once, and retrying the unacknowledged ones (as a
     client would) stores each of them once too."""
@@ -153,7 +153,7 @@ def durability(model_dir, db, log):
 
 
 def test_acknowledged_events_survive_sigkill_on_sqlite(tiny_stack, tmp_path, server_log):  # noqa: F811
-    durability(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log)
+    check_durability(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log)
 
 
 def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path, server_log):  # noqa: F811
@@ -234,7 +234,7 @@ def pg_url(postgres):
 
 
 def test_acknowledged_events_survive_sigkill_on_postgresql(tiny_stack, pg_url, server_log):  # noqa: F811
-    durability(tiny_stack, pg_url, server_log)
+    check_durability(tiny_stack, pg_url, server_log)
 
 
 def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
