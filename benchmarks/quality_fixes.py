@@ -50,13 +50,19 @@ def fit_recorded(name: str, split, protocol: str, label: Callable[[Recommender],
     return model, validate.seen, time.perf_counter() - start
 
 
+def print_grid(title: str, seen: list[tuple[str, float]], kept: str) -> None:
+    """One model's validation grid as its search asked for it, then what it kept."""
+    print(f"\n## {title}\n")
+    for label, value in seen:
+        print(f"  {label}: {value:.4f}")
+    print(f"kept: {kept}")
+
+
 def bias_part(split) -> None:
     model, seen, seconds = fit_recorded("bias", split, "rating",
                                         lambda m: f"reg_user {m.reg_user:g}, reg_item {m.reg_item:g}")
-    print(f"\n## bias (rating protocol; validation -RMSE, higher is better; {seconds:.1f} s)\n")
-    for label, value in seen:
-        print(f"  {label}: {value:.4f}")
-    print(f"kept: reg_user {model.reg_user:g}, reg_item {model.reg_item:g}")
+    print_grid(f"bias (rating protocol; validation -RMSE, higher is better; {seconds:.1f} s)", seen,
+               f"reg_user {model.reg_user:g}, reg_item {model.reg_item:g}")
 
 
 def content_part(data, seed: int) -> None:
@@ -64,10 +70,8 @@ def content_part(data, seed: int) -> None:
         split = make_split(data, kind, seed=seed, item_strata=(0, 1, 3, 5, 10))
         model, seen, seconds = fit_recorded("content", split, "next-item",
                                             lambda m: f"w {m.popularity_weight:g}")
-        print(f"\n## content, {kind} split (validation NDCG@10 over K = 0..10; {seconds:.1f} s)\n")
-        for label, value in seen:
-            print(f"  {label}: {value:.4f}")
-        print(f"kept: w {model.popularity_weight:g}")
+        print_grid(f"content, {kind} split (validation NDCG@10 over K = 0..10; {seconds:.1f} s)", seen,
+                   f"w {model.popularity_weight:g}")
         if kind != "new-user":
             continue
         kept = model.popularity_weight
@@ -89,11 +93,9 @@ def hml_part(split) -> None:
                 train_choice=train_choice)
             tail = [(label, v) for label, v in seen if label.startswith("temperature")][-len(model.temperature_grid):]
             metric = "-RMSE" if protocol == "rating" else "NDCG@10"
-            print(f"\n## hml-soft, {protocol}, train_choice={train_choice} (validation {metric} after "
-                  f"training; {seconds:.0f} s; cluster sizes {model.cluster_sizes.tolist()})\n")
-            for label, value in tail:
-                print(f"  {label}: {value:.4f}")
-            print(f"kept: temperature {model.temperature:g}")
+            print_grid(f"hml-soft, {protocol}, train_choice={train_choice} (validation {metric} after "
+                       f"training; {seconds:.0f} s; cluster sizes {model.cluster_sizes.tolist()})", tail,
+                       f"temperature {model.temperature:g}")
 
 
 def main() -> None:

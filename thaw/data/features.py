@@ -136,6 +136,13 @@ class FeatureSpace:
         return np.array([self.vocab[f].get(self._value(f, profile.get(f)), 0) for f in self.fields],
                         dtype=np.int64)
 
+    def request_codes(self, user: int | None, profile: Mapping[str, Any]) -> np.ndarray:
+        """Codes of a request: the known user's own when the request brings no profile, else the
+        profile's (a cold user, or a known one whose profile is given afresh)."""
+        if user is not None and not profile:
+            return self.user_codes[user]
+        return self.encode_profile(profile)
+
     @property
     def cardinalities(self) -> list[int]:
         """Number of codes per user field, the unknown code included."""

@@ -249,9 +249,7 @@ class FeatureModel(Recommender):
     # --- scoring -------------------------------------------------------------------------
 
     def _codes(self, ctx: Context) -> np.ndarray:
-        if ctx.user is not None and not ctx.profile:
-            return self.space.user_codes[ctx.user]
-        return self.space.encode_profile(ctx.profile)
+        return self.space.request_codes(ctx.user, ctx.profile)
 
     def _support_rows(self, ctx: Context) -> Rows:
         """The user's support as training rows (negatives drawn, seeded, for implicit)."""

@@ -244,9 +244,7 @@ class TwoTower(Recommender):
                               for c in ("user", "item", "rating", "ts")))
 
     def _codes(self, ctx: Context) -> np.ndarray:
-        if ctx.user is not None and not ctx.profile:
-            return self.space.user_codes[ctx.user]
-        return self.space.encode_profile(ctx.profile)
+        return self.space.request_codes(ctx.user, ctx.profile)
 
     def request_inputs(self, contexts: Sequence[Context]) -> dict[str, Tensor]:
         return self.user_inputs(np.stack([self._codes(c) for c in contexts]),
