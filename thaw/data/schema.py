@@ -100,6 +100,9 @@ class Dataset:
     item_features: pd.DataFrame = field(default_factory=pd.DataFrame)
     rating_scale: tuple[float, float] = (1.0, 5.0)
     source: str = ""
+    source_domain: Dataset | None = None
+    """The same users' interactions in another domain (cross-domain transfer, thaw/transfer):
+    a Dataset over the same user ids (user u here is user u there) with items of its own."""
 
     def __post_init__(self) -> None:
         inter = self.interactions
@@ -129,7 +132,8 @@ class Dataset:
     def with_interactions(self, interactions: Interactions, name: str | None = None) -> Dataset:
         """The same id space and features with other interactions (e.g. the training part)."""
         return Dataset(name or self.name, interactions, self.user_ids, self.item_ids,
-                       self.user_features, self.item_features, self.rating_scale, self.source)
+                       self.user_features, self.item_features, self.rating_scale, self.source,
+                       self.source_domain)
 
     def item_index(self, raw: Sequence[Any]) -> np.ndarray:
         """Internal ids of items named as the data set names them; unknown names are an error."""

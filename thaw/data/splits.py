@@ -43,6 +43,9 @@ class Split:
     """Every item each validation and test user interacted with in the data the split was cut
     from, in any role (training rows of a warm user, rows a both-cold split drops): no
     negative, sampled or full-ranking, is ever one of them."""
+    sources: dict[int, Interactions] = field(default_factory=dict)
+    """Cross-domain splits: each validation and test user's history in the source domain
+    (``train.source_domain``), which every one of their episodes carries as ``Context.source``."""
 
     def sequences(self, part: str) -> dict[int, Interactions]:
         if part not in ("val", "test"):
@@ -117,7 +120,7 @@ def make_split(data: Dataset, kind: str = "new-user", *, test_frac: float = 0.2,
     negatives: dict[int, np.ndarray] = {}
     for role in (1, 2):
         pool = all_items if kind == "new-user" else all_items[held_items == role]
-        negatives |= _sample_negatives(list(parts[role]), pool, inter, rng, n_negatives)
+        negatives |= sample_negatives(list(parts[role]), pool, inter, rng, n_negatives)
     train = data.with_interactions(inter.take(train_mask), name=f"{data.name}:train")
     return Split(kind, train, parts[1], parts[2], negatives,
                  np.flatnonzero(held_items > 0), users_known=(kind == "new-item"), seed=seed,
@@ -180,8 +183,8 @@ def items_by_user(inter: Interactions, users: list[int]) -> dict[int, np.ndarray
             for u in users}
 
 
-def _sample_negatives(users: list[int], pool: np.ndarray, inter: Interactions,
-                      rng: np.random.Generator, n: int) -> dict[int, np.ndarray]:
+def sample_negatives(users: list[int], pool: np.ndarray, inter: Interactions,
+                     rng: np.random.Generator, n: int) -> dict[int, np.ndarray]:
     """For each user, n items from the pool they never interacted with (fewer if it is small).
 
     Users are drawn for in the order given, so the same seed gives the same negatives.
@@ -219,7 +222,7 @@ def _temporal(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: 
     negatives: dict[int, np.ndarray] = {}
     for name, members in (("val", val_users), ("test", test_users)):
         parts[name] = by_user(inter.take(np.isin(inter.user, members)))
-        negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
+        negatives |= sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
     return Split("temporal", data.with_interactions(train, name=f"{data.name}:train"),
                  parts["val"], parts["test"], negatives, seed=seed,
                  seen=items_by_user(inter, [*parts["val"], *parts["test"]]))
@@ -243,7 +246,7 @@ def _warm(data: Dataset, inter: Interactions, users: np.ndarray, test_frac: floa
     parts = {role: by_user(inter.take(held & (roles[inter.user] == role))) for role in (1, 2)}
     negatives: dict[int, np.ndarray] = {}
     for role in (1, 2):
-        negatives |= _sample_negatives(list(parts[role]), np.arange(data.n_items), inter, rng,
+        negatives |= sample_negatives(list(parts[role]), np.arange(data.n_items), inter, rng,
                                        n_negatives)
     train = data.with_interactions(inter.take(~held), name=f"{data.name}:train")
     return Split("warm", train, parts[1], parts[2], negatives, users_known=True, seed=seed,
@@ -333,7 +336,7 @@ def read_split_folder(folder: str | Path, data: Dataset | None = None, *, seed: 
         rng = np.random.default_rng(seed)
         all_items = np.arange(data.n_items)
         for name in ("val", "test"):
-            negatives |= _sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
+            negatives |= sample_negatives(list(parts[name]), all_items, inter, rng, n_negatives)
     train = data.with_interactions(inter.take(role == "train"), name=f"{data.name}:train")
     return Split("external", train, parts["val"], parts["test"], negatives, seed=seed,
                  seen=items_by_user(inter, [*parts["val"], *parts["test"]]))

@@ -77,7 +77,7 @@ def episodes(split: Split, part: str, k: int, protocol: str, *, max_k: int,
         # Context.user (None for a user it was not trained on).
         support = replace(seq.take(slice(0, k)), user=np.full(k, -1))
         ctx = Context(user=user if split.users_known else None, history=support,
-                      profile=split.train.profile(user))
+                      profile=split.train.profile(user), source=split.sources.get(user))
         if protocol == "next-item":
             target = seq.item[k]
             if candidates == "sampled":

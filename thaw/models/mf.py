@@ -19,36 +19,49 @@ import scipy.sparse as sp
 import torch
 
 from thaw.compute import one_thread
-from thaw.data.schema import Dataset
+from thaw.data.schema import Dataset, Interactions
 from thaw.models.base import Context, EarlyStopping, Recommender, Validator, usable_validator, validation_score
 
 
 def implicit_fold_in(item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray,
-                     alpha: float, reg: float) -> np.ndarray:
+                     alpha: float, reg: float, prior: np.ndarray | None = None,
+                     prior_weight: float = 0.0) -> np.ndarray:
     """Implicit-feedback user factor (Hu, Koren & Volinsky 2008) from the items they touched.
 
     Every item is a weak negative (confidence 1, preference 0); each touched item a positive
     with confidence 1 + alpha per touch. ``gram`` is item_factors.T @ item_factors, precomputed.
+    A ``prior`` (a guess of the factor from elsewhere, e.g. another domain) adds
+    ``prior_weight * |p - prior|^2``: with no history the answer is the prior itself, and the
+    more the user has done the less it counts.
     """
     d = item_factors.shape[1]
     if len(items) == 0:
-        return np.zeros(d)
+        return np.zeros(d) if prior is None else np.asarray(prior, dtype=np.float64)
     # An item touched n times has confidence 1 + n * alpha and preference 1.
     touched = item_factors[items]
     a = gram + alpha * touched.T @ touched + reg * np.eye(d)
     b = alpha * touched.sum(axis=0) + item_factors[np.unique(items)].sum(axis=0)
+    if prior is not None:
+        a, b = a + prior_weight * np.eye(d), b + prior_weight * prior
     return np.linalg.solve(a, b)
 
 
 def explicit_fold_in(item_factors: np.ndarray, residuals: np.ndarray, items: np.ndarray,
-                     reg: float) -> tuple[np.ndarray, float]:
-    """Biased-MF user factor and bias from (item, rating - mean - item bias) pairs (ridge)."""
+                     reg: float, prior: np.ndarray | None = None,
+                     prior_weight: float = 0.0) -> tuple[np.ndarray, float]:
+    """Biased-MF user factor and bias from (item, rating - mean - item bias) pairs (ridge);
+    ``prior`` is a guess of (factor, bias) stacked, pulled toward as in ``implicit_fold_in``."""
     d = item_factors.shape[1]
     if len(items) == 0:
-        return np.zeros(d), 0.0
+        if prior is None:
+            return np.zeros(d), 0.0
+        return np.asarray(prior[:d], dtype=np.float64), float(prior[d])
     design = np.hstack([item_factors[items], np.ones((len(items), 1))])
     a = design.T @ design + reg * len(items) * np.eye(d + 1)
-    w = np.linalg.solve(a, design.T @ residuals)
+    b = design.T @ residuals
+    if prior is not None:
+        a, b = a + prior_weight * np.eye(d + 1), b + prior_weight * prior
+    w = np.linalg.solve(a, b)
     return w[:d], float(w[d])
 
 
@@ -156,16 +169,38 @@ class MatrixFactorization(Recommender):
         self.known_users[inter.user] = True
         return self
 
+    def user_vector(self, history: Interactions, task: str, prior: np.ndarray | None = None,
+                    prior_weight: float = 0.0) -> np.ndarray:
+        """A user folded in from ``history``, in this model's terms for ``task``: the implicit
+        factor ("next-item"), or the explicit factor with the user's bias appended ("rating").
+        ``prior`` is a guess of that vector from elsewhere (what cross-domain transfer hands
+        in, see thaw/transfer); without history or prior a next-item user is the average
+        training user, a rating user the item means."""
+        if task == "rating":
+            e = self.explicit
+            residuals = history.rating - e["mean"] - e["item_bias"][history.item]
+            factor, bias = explicit_fold_in(e["item_factors"], residuals, history.item, self.reg,
+                                            prior, prior_weight)
+            return np.append(factor, bias)
+        if len(history) == 0 and prior is None:
+            return self.mean_user
+        return implicit_fold_in(self.item_factors, self.gram, history.item, self.alpha,
+                                self.implicit_reg, prior, prior_weight)
+
+    def output(self, vector: np.ndarray, items: np.ndarray, task: str) -> np.ndarray:
+        """Scores ("next-item") or ratings ("rating") of ``items`` for a user ``vector``."""
+        if task == "rating":
+            e = self.explicit
+            return e["mean"] + vector[-1] + e["item_bias"][items] + e["item_factors"][items] @ vector[:-1]
+        return self.item_factors[items] @ vector
+
     def _user_vector(self, ctx: Context) -> np.ndarray:
         if ctx.user is not None and self.known_users[ctx.user]:
             return self.user_factors[ctx.user]
-        if len(ctx.history) == 0:
-            return self.mean_user
-        return implicit_fold_in(self.item_factors, self.gram, ctx.history.item, self.alpha,
-                                self.implicit_reg)
+        return self.user_vector(ctx.history, "next-item")
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
-        return self.item_factors[items] @ self._user_vector(ctx)
+        return self.output(self._user_vector(ctx), items, "next-item")
 
     def confidence(self, ctx: Context, scores: np.ndarray) -> float:
         """The fold-in's fit to the support: minus the mean squared gap between the preference
@@ -179,12 +214,10 @@ class MatrixFactorization(Recommender):
     def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         e = self.explicit
         if ctx.user is not None and self.known_users[ctx.user]:
-            factor, bias = e["user_factors"][ctx.user], e["user_bias"][ctx.user]
+            vector = np.append(e["user_factors"][ctx.user], e["user_bias"][ctx.user])
         else:
-            hist = ctx.history
-            residuals = hist.rating - e["mean"] - e["item_bias"][hist.item]
-            factor, bias = explicit_fold_in(e["item_factors"], residuals, hist.item, self.reg)
-        return e["mean"] + bias + e["item_bias"][items] + e["item_factors"][items] @ factor
+            vector = self.user_vector(ctx.history, "rating")
+        return self.output(vector, items, "rating")
 
 
 class BPR(Recommender):
