@@ -33,6 +33,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bandit-replay": ("thaw.bandits.cli:bandit_replay",
                       "Evaluate bandit policies offline on a log: replay (uniform logs) and IPS/SNIPS/DR "
                       "(any logged propensities)."),
+    "transfer": ("thaw.transfer.cli:transfer",
+                 "Evaluate cross-domain transfer (EMCDR, PTUPCDR, ...) for users cold in a target domain."),
     "serve": ("thaw.serve.cli:serve",
               "Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."),
 }
@@ -456,13 +458,18 @@ def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, floa
 
 
 def _model_list(text: str) -> list[str]:
-    from thaw.registry import model_names
+    from thaw.registry import CROSS_DOMAIN, model_names
 
     known = model_names()
-    names = known if text.strip() == "all" else _csv_list(text, "models")
+    names = ([n for n in known if n not in CROSS_DOMAIN] if text.strip() == "all"
+             else _csv_list(text, "models"))
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ThawError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    two_domain = [n for n in names if n in CROSS_DOMAIN and n != "tgt"]
+    if two_domain:
+        raise ThawError(f"{', '.join(two_domain)} transfer from a second domain, which this data "
+                        "set does not have: use `thaw transfer` (e.g. `thaw transfer ml-1m:drama-comedy`)")
     return names
 
 

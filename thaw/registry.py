@@ -54,10 +54,17 @@ WHERE: dict[str, str] = {
     "dssm": "thaw.models.two_tower:DSSM",
     "youtubednn": "thaw.models.two_tower:YouTubeDNN",
     "fm": "thaw.models.two_tower:FM",
+    "tgt": "thaw.transfer.baselines:TargetOnly",
+    "cmf": "thaw.transfer.baselines:CollectiveMF",
+    "emcdr": "thaw.transfer.emcdr:EMCDR",
+    "ptupcdr": "thaw.transfer.ptupcdr:PTUPCDR",
     "stack": "thaw.stack.router:Stack",
 }
 """Registry name -> "module:Class", in the order ``thaw models`` lists them. The classes are
 imported on first use (``MODELS``), so listing the names imports no model, and no torch."""
+CROSS_DOMAIN = ("tgt", "cmf", "emcdr", "ptupcdr")
+"""The models of the cross-domain protocol (``thaw transfer``): all but tgt need a source
+domain, and tgt is mf under the name that protocol reports it by; "all" leaves them out."""
 
 
 def _by_name(where: dict[str, str]) -> dict[str, type[Recommender]]:

@@ -30,6 +30,7 @@ ITEM_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 4), (5, None))
 # Support sizes whose validation episodes teach the table: at least one per default band.
 VALIDATION_KS = (0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30)
 FALLBACK = "segment-pop"
+SOURCE_ROW = "0+src"  # the row for K = 0 requests with a history in a source domain
 DEFAULT_MEMBERS = ("pop", "segment-pop", "content", "mf", "fomaml", "deepfm", "sasrec")
 # The overview's routing rule, used for a band without enough validation users: from the
 # row's lowest support size on, the first of these members that the stack has.
@@ -174,17 +175,21 @@ class Stack(Recommender):
         eligible = [m for m in self.members if m in outputs and self._answers(m, task)]
         if FALLBACK not in eligible:
             raise ThawError(f"the stack's fallback '{FALLBACK}' has no outputs to learn from")
-        in_band = np.array([band_of(len(e.context.history), self.bands) for e in episodes], dtype=int)
+        # Requests at K = 0 that carry a source-domain history (cross-domain splits) get a row
+        # of their own, so transfer is routed to exactly where it can help.
+        rows = self.bands + ([[0, 0]] if any(_transferable(e.context) for e in episodes) else [])
+        in_band = np.array([self._row_of(e.context, len(rows)) for e in episodes], dtype=int)
         transformed = {m: [self._transform(o, task) for o in outputs[m]] for m in eligible}
         table = []
-        for b, band in enumerate(self.bands):
+        for b, band in enumerate(rows):
             idx = np.flatnonzero(in_band == b)
             users = len({episodes[i].user for i in idx})
             if users < self.min_users:
                 route = self._default_route(band, eligible)
             else:
                 route = self._best_route(idx, episodes, transformed, confidences, eligible, task)
-            route |= {"band": band_label(band), "users": users}
+            label = SOURCE_ROW if b == len(self.bands) else band_label(band)
+            route |= {"band": label, "users": users}
             table.append(route)
         self.tables[task] = table
         self.item_weights[task] = [0.0] * len(self.item_bands)
@@ -275,7 +280,7 @@ class Stack(Recommender):
         """Weight of content per item band, by coordinate search over a grid on validation."""
         bases, bands = [], []
         for i, ep in enumerate(episodes):
-            route = self.tables[task][band_of(len(ep.context.history), self.bands)]
+            route = self._route(task, ep.context)
             outputs = {m: transformed[m][i] for m in route["members"]}
             conf = confidences.get(self._primary(route), np.full(len(episodes), np.inf))[i]
             base, _ = self._route_output(route, outputs, conf, transformed[FALLBACK][i],
@@ -337,8 +342,7 @@ class Stack(Recommender):
         The one place routing, the breaker and the item-side blend happen: ``score``, the
         batch path and the evaluation's reuse of already-fitted members all come through here.
         """
-        table = self._table(task)
-        route = table[band_of(len(context.history), self.bands)]
+        route = self._route(task, context)
         ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
         result, tripped = self._route_output(route, ready, confidence, ready.get(FALLBACK),
                                               len(items))
@@ -350,11 +354,22 @@ class Stack(Recommender):
 
     def needed(self, task: str, context: Context) -> list[str]:
         """The members whose outputs ``combine`` needs for this request."""
-        route = self._table(task)[band_of(len(context.history), self.bands)]
+        route = self._route(task, context)
         names = list(route["members"]) + [FALLBACK]
         if any(self.item_weights.get(task, [])) and self.content in self.members:
             names.append(self.content)
         return list(dict.fromkeys(names))
+
+    def _row_of(self, context: Context, n_rows: int) -> int:
+        """The table row of a request: its support-size band, or the source row (the last,
+        present only in tables learned on cross-domain data) for K = 0 with a source history."""
+        if n_rows > len(self.bands) and _transferable(context):
+            return len(self.bands)
+        return band_of(len(context.history), self.bands)
+
+    def _route(self, task: str, context: Context) -> dict[str, Any]:
+        table = self._table(task)
+        return table[self._row_of(context, len(table))]
 
     def _table(self, task: str) -> list[dict[str, Any]]:
         if task in self.tables:
@@ -388,7 +403,7 @@ class Stack(Recommender):
         return result
 
     def _confidence(self, task: str, ctx: Context, outputs: Mapping[str, np.ndarray | None]) -> float:
-        primary = self._primary(self._table(task)[band_of(len(ctx.history), self.bands)])
+        primary = self._primary(self._route(task, ctx))
         if outputs.get(primary) is None:
             return -np.inf
         try:
@@ -442,7 +457,7 @@ class Stack(Recommender):
         for i, ep in enumerate(episodes):
             needed = self.needed(task, ep.context)
             raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in needed}
-            route = self._table(task)[band_of(len(ep.context.history), self.bands)]
+            route = self._route(task, ep.context)
             primary = self._primary(route)
             confidence = float(confidences[primary][i]) if raw.get(primary) is not None else -np.inf
             answer, tripped = self.combine(task, ep.context, ep.candidates, raw, confidence)
@@ -473,6 +488,10 @@ class Stack(Recommender):
             lines.append("  content weight by item band (training interactions): " + ", ".join(
                 f"{band_label(b)}: {w:.2f}" for b, w in zip(self.item_bands, weights, strict=True)))
         return "\n".join(lines) if lines else "(this stack has not learned a table yet)"
+
+
+def _transferable(context: Context) -> bool:
+    return len(context.history) == 0 and context.source is not None and len(context.source) > 0
 
 
 def _describe(members: Sequence[str], weights: Sequence[float]) -> str:

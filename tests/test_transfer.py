@@ -1,0 +1,221 @@
+"""Cross-domain transfer: on planted data where each user's target taste is a user-specific map
+of their source taste, ptupcdr beats emcdr, which beats tgt at K = 0; a source permuted across
+users trips the negative-transfer alarm; padding never collides with an item; no held-out
+user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from thaw.data.schema import Dataset, Interactions
+from thaw.data.synthetic import make_mapped_domains
+from thaw.errors import ThawError
+from thaw.eval.protocol import compare, episodes
+from thaw.models.base import Context, Recommender
+from thaw.models.persist import load
+from thaw.stack.router import SOURCE_ROW
+from thaw.transfer import cross_domain_split, from_files, genre_domains, permuted_source
+from thaw.transfer.baselines import CollectiveMF, TargetOnly
+from thaw.transfer.emcdr import EMCDR
+from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, transfer_stack
+from thaw.transfer.ptupcdr import PTUPCDR
+
+MODELS = ("tgt", "emcdr", "ptupcdr")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return make_mapped_domains(n_users=600, seed=0)
+
+
+@pytest.fixture(scope="module")
+def planted(pair):
+    split = cross_domain_split(pair, 0.3, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_transfer(split, protocol="rating", ks=(0,), models=MODELS, stack=False,
+                                   progress=False, n_bootstrap=20)
+    return split, result
+
+
+def mae(result, k=0):
+    t = result.table
+    return t[(t.metric == "mae") & (t.K == k)].set_index("model")["value"]
+
+
+def test_personal_bridge_beats_global_map_beats_target_only(planted):
+    _, result = planted
+    m = mae(result)
+    assert m["emcdr"] < m["tgt"] - 0.3, m  # tgt knows only item means at K = 0
+    assert m["ptupcdr"] < m["emcdr"], m
+    tests = compare(result.per_user[result.per_user.metric == "mae"], [("ptupcdr", "emcdr")])
+    assert tests.iloc[0]["better"] == "ptupcdr" and tests.iloc[0]["p_value"] < 0.05
+    assert not [a for a in result.meta["negative_transfer"] if a["model_a"] != "cmf"]
+
+
+def test_permuted_source_trips_the_alarm(pair):
+    split = cross_domain_split(permuted_source(pair, seed=1), 0.3, seed=0)
+    with pytest.warns(NegativeTransferWarning, match="negative transfer"):
+        result = evaluate_transfer(split, protocol="rating", ks=(0,), models=MODELS, stack=False,
+                                   progress=False, n_bootstrap=20)
+    flagged = {(a["model_a"], a["K"]) for a in result.meta["negative_transfer"]}
+    assert ("ptupcdr", 0) in flagged or ("emcdr", 0) in flagged
+    assert all(a["diff"] > 0 for a in result.meta["negative_transfer"])  # MAE higher = worse
+
+
+def test_permutation_moves_histories_between_users(pair):
+    control = permuted_source(pair, seed=1)
+    before, after = pair.source.interactions, control.source.interactions
+    assert np.array_equal(np.sort(np.unique(before.user)), np.sort(np.unique(after.user)))
+    assert np.array_equal(before.item, after.item) and not np.array_equal(before.user, after.user)
+
+
+def test_no_held_out_target_interaction_reaches_fit(pair):
+    split = cross_domain_split(pair, 0.5, seed=3)
+    seen: list[Dataset] = []
+
+    class Spy(Recommender):
+        name = "spy"
+
+        def fit(self, data, validate=None):
+            seen.append(data)
+            return self
+
+        def score(self, ctx, items):
+            return np.zeros(len(items))
+
+    Spy().fit(split.train)
+    held = np.array(sorted({*split.val, *split.test}))
+    assert len(held) > 0 and not set(held) & set(seen[0].interactions.user.tolist())
+    assert set(split.test).isdisjoint(split.val)
+    # Cold users' source histories stay (the protocol), and ride on their episodes.
+    source_users = set(seen[0].source_domain.interactions.user.tolist())
+    assert set(held) <= source_users
+    ep = episodes(split, "test", 0, "rating", max_k=0)[0]
+    assert ep.context.user is None and len(ep.context.history) == 0 and len(ep.context.source) > 0
+    assert (ep.context.source.user == -1).all()
+    overlap = len(pair.overlap)
+    assert len(split.test) == round(0.5 * overlap)
+
+
+def test_padding_never_collides_with_an_item(planted):
+    split, _ = planted
+    model = PTUPCDR(epochs=1, seed=0).fit(split.train)
+    n_items = split.train.source_domain.n_items
+    hist = Interactions.of([0, 5, 7], ratings=[5, 5, 5])
+    padded = model.source_items([hist])
+    assert padded.shape == (1, model.max_items)
+    assert (padded[0, 3:] == n_items).all() and n_items not in split.train.source_domain.interactions.item
+    net = model.net["rating"]
+    assert torch.count_nonzero(net.items[n_items]) == 0
+    x = torch.ones(1, model.dim + 1)
+    short = net(x, torch.tensor(padded[:, :3]))
+    assert torch.allclose(short, net(x, torch.tensor(padded)), atol=1e-6)  # padding is invisible
+
+
+def test_tgt_at_k0_is_item_means_not_a_random_user(planted):
+    split, _ = planted
+    model = TargetOnly(seed=0).fit(split.train)
+    e = model.explicit
+    items = np.arange(10)
+    ctx = Context(user=None, source=Interactions.of([1, 2], ratings=[5, 1]))
+    assert np.allclose(model.predict(ctx, items), e["mean"] + e["item_bias"][items])
+
+
+def test_transfer_without_a_source_is_target_only(planted):
+    split, _ = planted
+    emcdr = EMCDR(epochs=2, seed=0).fit(split.train)
+    tgt = TargetOnly(seed=0).fit(split.train)
+    support = Interactions.of([3, 4, 9], ratings=[4, 2, 5])
+    ctx = Context(user=None, history=support)
+    assert np.allclose(emcdr.predict(ctx, np.arange(20)), tgt.predict(ctx, np.arange(20)))
+    with_source = Context(user=None, history=support, source=Interactions.of([10, 11], ratings=[5, 1]))
+    assert not np.allclose(emcdr.predict(with_source, np.arange(20)), tgt.predict(ctx, np.arange(20)))
+
+
+def test_models_need_a_source_domain(planted):
+    split, _ = planted
+    plain = split.train.with_interactions(split.train.interactions)
+    object.__setattr__(plain, "source_domain", None)
+    for model in (EMCDR(), PTUPCDR(), CollectiveMF()):
+        with pytest.raises(ThawError, match="cross-domain split"):
+            model.fit(plain)
+
+
+def test_saved_transfer_models_load_and_answer_alike(planted, tmp_path):
+    split, _ = planted
+    ctx = Context(user=None, history=Interactions.of([1], ratings=[4]),
+                  source=Interactions.of([10, 11, 12], ratings=[5, 1, 4]))
+    items = np.arange(15)
+    for model in (EMCDR(epochs=2, seed=0), PTUPCDR(epochs=1, seed=0), CollectiveMF(seed=0)):
+        model.fit(split.train)
+        back = load(model.save(tmp_path / model.name))
+        assert np.allclose(back.predict(ctx, items), model.predict(ctx, items))
+        assert np.allclose(back.score(ctx, items), model.score(ctx, items))
+
+
+def test_stack_routes_k0_with_a_source_to_its_own_row(pair):
+    split = cross_domain_split(pair, 0.3, seed=0)
+    stack = transfer_stack(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_transfer(split, protocol="rating", ks=(0, 1), models=("pop", "segment-pop", "tgt",
+                                   "cmf", "emcdr", "ptupcdr"), progress=False, n_bootstrap=5)
+    table = result.meta["stacks"]["stack"]["table"]
+    source_row = table[-1]
+    assert source_row["band"] == SOURCE_ROW and source_row["users"] > 0
+    assert set(source_row["members"]) & {"emcdr", "ptupcdr", "cmf"}
+    m = mae(result)
+    assert m["stack"] < m["tgt"] - 0.3
+    assert stack._row_of(Context(user=None), len(table)) == 0
+    assert stack._row_of(Context(user=None, source=Interactions.of([1])), len(table)) == len(table) - 1
+
+
+def test_genre_domains_drop_items_of_both_sides():
+    ratings = pd.DataFrame({"user": ["a", "a", "b", "b", "c"], "item": ["x", "y", "z", "x", "w"],
+                            "rating": [5, 4, 3, 2, 1], "ts": [1, 2, 3, 4, 5]})
+    items = pd.DataFrame({"genres": [("Drama",), ("Comedy",), ("Drama", "Comedy"), ("Comedy",)]},
+                         index=["x", "y", "z", "w"])
+    pair = genre_domains(Dataset.from_frames("t", ratings, items=items), ("Drama",), ("Comedy",))
+    assert list(pair.source.item_ids) == ["x"] and sorted(pair.target.item_ids) == ["w", "y"]
+    assert list(pair.overlap) == [0]  # only a rated on both sides
+
+
+def test_own_pair_from_two_files(tmp_path):
+    (tmp_path / "books.csv").write_text("user_id,item_id,rating\nann,b1,5\nbob,b2,3\ncid,b1,4\n")
+    (tmp_path / "films.csv").write_text("user_id,item_id,rating\nbob,f1,2\nann,f2,4\ndan,f1,1\n")
+    pair = from_files(tmp_path / "books.csv", tmp_path / "films.csv")
+    names = list(pair.target.user_ids)
+    assert sorted(pair.overlap.tolist()) == sorted([names.index("ann"), names.index("bob")])
+    ann = names.index("ann")
+    src = pair.source.interactions
+    assert pair.source.item_ids[src.item[src.user == ann]].tolist() == ["b1"]
+    (tmp_path / "none.csv").write_text("user_id,item_id,rating\nzed,f1,2\n")
+    with pytest.raises(Exception, match="share no user"):
+        from_files(tmp_path / "books.csv", tmp_path / "none.csv")
+
+
+def test_command_line_on_your_own_pair(tmp_path):
+    import subprocess
+    import sys
+
+    pair = make_mapped_domains(n_users=300, seed=4)
+    for domain, name in ((pair.source, "source.csv"), (pair.target, "target.csv")):
+        frame = domain.interactions.to_frame()
+        frame["user"] = domain.user_ids[frame["user"]]
+        frame["item"] = domain.item_ids[frame["item"]]
+        frame.to_csv(tmp_path / name, index=False)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv"),
+                           "--target", str(tmp_path / "target.csv"), "--beta", "0.3", "--ks", "0,3",
+                           "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert SOURCE_ROW in done.stdout and "ptupcdr" in done.stdout
+    results = pd.read_csv(out / "results.csv")
+    assert {"random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack"} <= set(results["model"])
+    bad = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "needs both --source and --target" in bad.stderr

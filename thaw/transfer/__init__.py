@@ -1,0 +1,18 @@
+"""Cross-domain transfer for the coldest requests: a user with no target history but a history
+in another domain (thaw/transfer/data.py for the data and split, evaluate.py for the protocol
+and the negative-transfer alarm; emcdr.py and ptupcdr.py one paper each, baselines.py the
+models they must beat)."""
+
+from thaw.transfer.data import (
+                                BUILT_IN,
+                                CrossDomainDataset,
+                                align,
+                                cross_domain_split,
+                                from_files,
+                                genre_domains,
+                                load_cross_domain,
+                                permuted_source,
+)
+
+__all__ = ["BUILT_IN", "CrossDomainDataset", "align", "cross_domain_split", "from_files",
+           "genre_domains", "load_cross_domain", "permuted_source"]

@@ -1,0 +1,68 @@
+"""``thaw transfer``: the cross-domain protocol from the command line (registered lazily by
+thaw/cli.py). User mistakes raise ThawError, which the CLI prints as one line."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thaw.errors import ThawError
+
+
+def transfer(
+    pair: Annotated[str | None, typer.Argument(help="A built-in pair (ml-1m:drama-comedy, ml-1m:action-drama, ml-100k:drama-comedy, ml-100k:action-drama); or give --source and --target.")] = None,
+    source: Annotated[Path | None, typer.Option(help="Your own pair: the source domain's interactions (CSV/TSV/Parquet/.inter).")] = None,
+    target: Annotated[Path | None, typer.Option(help="Your own pair: the target domain's interactions, same user ids as --source.")] = None,
+    beta: Annotated[float, typer.Option(help="Fraction of the users in both domains made cold in the target (test users).")] = 0.2,
+    val_frac: Annotated[float, typer.Option(help="Fraction of them held out the same way for model selection.")] = 0.1,
+    protocol: Annotated[str, typer.Option(help="rating (MAE, RMSE) or next-item (NDCG@10, ...).")] = "rating",
+    ks: Annotated[str, typer.Option(help="Target support sizes K (0 = source history only).")] = "0,1,3,5,10",
+    permute: Annotated[bool, typer.Option(help="The control: source histories permuted across users (must trip the alarm).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the result files.")] = Path("results-transfer"),
+    seed: Annotated[int, typer.Option(help="Seed of the split and the models.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate cross-domain transfer (tgt, cmf, emcdr, ptupcdr, the stack, with random and pop)
+    on users cold in the target, K-stratified, and warn where transfer is worse than tgt."""
+    from thaw.eval.protocol import PROTOCOLS, DegenerateResultWarning
+    from thaw.eval.report import format_tables, write_results
+    from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source
+    from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer
+
+    if protocol not in PROTOCOLS:
+        raise ThawError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
+    try:
+        k_values = tuple(sorted({int(k) for k in ks.split(",") if k.strip()}))
+    except ValueError:
+        raise ThawError(f"--ks {ks}: give whole numbers separated by commas, e.g. 0,1,3,5,10") from None
+    if not k_values or k_values[0] < 0:
+        raise ThawError(f"--ks {ks}: give non-negative whole numbers, e.g. 0,1,3,5,10")
+    if (pair is None) == (source is None and target is None):
+        raise ThawError("name a built-in pair, or give --source and --target (not both)")
+    if pair is None and (source is None or target is None):
+        raise ThawError("your own pair needs both --source and --target")
+    data = load_cross_domain(pair) if pair is not None else from_files(source, target)
+    if permute:
+        data = permuted_source(data, seed=seed)
+    typer.echo(data.summary())
+    split = cross_domain_split(data, beta, val_frac=val_frac, seed=seed)
+    typer.echo(split.describe())
+    with warnings.catch_warnings():
+        for category in (DegenerateResultWarning, NegativeTransferWarning):
+            warnings.simplefilter("ignore", category)  # both land in result.warnings, printed below
+        result = evaluate_transfer(split, protocol=protocol, ks=k_values, seed=seed, progress=progress)
+    typer.echo(format_tables(result))
+    typer.echo("\nfit seconds: " + ", ".join(
+        f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
+    typer.echo("\n" + result.meta["stacks"]["stack"]["explain"])
+    for note in result.warnings:
+        typer.echo(f"warning: {note}", err=True)
+    if not result.meta["negative_transfer"]:
+        typer.echo("\nno negative transfer: no transfer model is significantly worse than tgt anywhere")
+    paths = write_results([result], out, seed=seed, command=["thaw", *sys.argv[1:]],
+                          title=f"thaw transfer: {data.name}")
+    typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")

@@ -1,0 +1,71 @@
+"""The cross-domain protocol: every model on the same cold target users, K-stratified, and the
+negative-transfer alarm.
+
+Transfer can hurt: a source that says little about the target, or a mapping that overfits the
+overlap users, gives cold users worse recommendations than the target alone. Public code does
+not check. Here every transfer model is compared with ``tgt`` at every K and headline metric
+(paired Wilcoxon test over the same users, Holm-corrected over the transfer models), and each
+place where transfer is significantly worse is flagged in the result and warned about.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from thaw.data.splits import Split
+from thaw.eval.protocol import DEFAULT_KS, EvalResult, compare, evaluate
+
+TRANSFER_MODELS = ("cmf", "emcdr", "ptupcdr")
+BASELINE = "tgt"
+DEFAULT_MODELS = ("random", "pop", "segment-pop", BASELINE, *TRANSFER_MODELS)
+HEADLINES = {"rating": ("mae", "rmse"), "next-item": ("ndcg@10",)}
+
+
+class NegativeTransferWarning(UserWarning):
+    """A transfer model is significantly worse than the target-only model somewhere."""
+
+
+def transfer_stack(seed: int = 0) -> Any:
+    """The stack over the cross-domain members: K = 0 requests with a source history get a
+    row of their own (``thaw.stack.router.SOURCE_ROW``)."""
+    from thaw.stack import Stack
+
+    return Stack(("pop", "segment-pop", BASELINE, *TRANSFER_MODELS), seed=seed)
+
+
+def evaluate_transfer(split: Split, *, protocol: str = "rating", ks: Sequence[int] = DEFAULT_KS,
+                      models: Sequence[str] = DEFAULT_MODELS, stack: bool = True, seed: int = 0,
+                      **options: Any) -> EvalResult:
+    """``evaluate`` on a cross-domain split (``cross_domain_split``), plus the alarm: the
+    result's ``meta["negative_transfer"]`` lists every (K, metric, model) where a transfer
+    model is significantly worse than ``tgt``, and each one is warned about."""
+    from thaw.registry import make_model
+
+    chosen = {name: make_model(name, seed=seed) for name in models}
+    if stack:
+        chosen["stack"] = transfer_stack(seed)
+    result = evaluate(chosen, split, protocol=protocol, ks=ks, seed=seed, **options)
+    alarms = negative_transfer(result.per_user, protocol)
+    result.meta["negative_transfer"] = alarms.to_dict("records")
+    for row in alarms.itertuples():
+        note = (f"negative transfer: {row.model_a} is worse than {BASELINE} at K={row.K} on "
+                f"{row.metric} ({row.diff:+.4f}, Holm p={row.p_holm:.2g}, {row.users} users)")
+        result.warnings.append(note)
+        warnings.warn(note, NegativeTransferWarning, stacklevel=2)
+    return result
+
+
+def negative_transfer(per_user: pd.DataFrame, protocol: str, alpha: float = 0.05) -> pd.DataFrame:
+    """Rows of the paired tests (transfer model vs ``tgt``, headline metrics) where the
+    transfer model is significantly worse."""
+    present = set(per_user["model"])
+    pairs = [(m, BASELINE) for m in (*TRANSFER_MODELS, "stack") if m in present]
+    if BASELINE not in present or not pairs:
+        return pd.DataFrame(columns=["K", "metric", "model_a", "model_b", "diff", "p_holm", "users"])
+    tests = compare(per_user[per_user["metric"].isin(HEADLINES[protocol])], pairs, alpha)
+    worse = tests[tests["significant"] & (tests["better"] == BASELINE)]
+    return worse[["K", "metric", "model_a", "model_b", "diff", "p_holm", "users"]].reset_index(drop=True)
