@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from thaw.data.schema import Dataset, Interactions
+from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 
 
@@ -34,3 +35,21 @@ def tiny_dataset(rows, users=None, items=None, name="tiny") -> Dataset:
 
 def history(items, ratings=None) -> Interactions:
     return Interactions.of(np.asarray(items), ratings)
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory):
+    """The service tests' model (tests/test_serve*.py): a stack fitted and saved as `thaw fit`
+    does (validation users only choose routes)."""
+    from thaw.eval.protocol import SplitValidator
+    from thaw.registry import make_model
+    from thaw.stack import Stack
+
+    data = make_synthetic(n_users=200, n_items=60, seed=1)
+    split = make_split(data, "new-user", test_frac=0.0, val_frac=0.25, seed=0)
+    members = [make_model(m, seed=0) for m in ("pop", "segment-pop", "content", "mf")]
+    stack = Stack(members=members, validation_ks=(0, 1, 2, 3, 5, 10), min_users=5, seed=0)
+    stack.set_task("next-item")
+    stack.fit(split.train, validate=SplitValidator(split, "next-item"))
+    stack.dataset = split.train
+    return stack.save(tmp_path_factory.mktemp("serve") / "stack")

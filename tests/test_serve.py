@@ -4,29 +4,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from thaw.data.splits import make_split
-from thaw.data.synthetic import make_synthetic
 from thaw.errors import ThawError
-from thaw.eval.protocol import SplitValidator
-from thaw.registry import make_model
 from thaw.serve.app import MAX_BATCH, create_app
 from thaw.serve.service import LRU, Service
 from thaw.serve.store import SCHEMA_VERSION, Store, schema_version
-from thaw.stack import Stack
 from thaw.stack.router import band_label, band_of
-
-
-@pytest.fixture(scope="session")
-def tiny_stack(tmp_path_factory):
-    """A stack fitted and saved as `thaw fit` does (validation users only choose routes)."""
-    data = make_synthetic(n_users=200, n_items=60, seed=1)
-    split = make_split(data, "new-user", test_frac=0.0, val_frac=0.25, seed=0)
-    members = [make_model(m, seed=0) for m in ("pop", "segment-pop", "content", "mf")]
-    stack = Stack(members=members, validation_ks=(0, 1, 2, 3, 5, 10), min_users=5, seed=0)
-    stack.set_task("next-item")
-    stack.fit(split.train, validate=SplitValidator(split, "next-item"))
-    stack.dataset = split.train
-    return stack.save(tmp_path_factory.mktemp("serve") / "stack")
 
 
 @pytest.fixture()

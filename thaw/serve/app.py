@@ -226,6 +226,12 @@ def _recommendations(user: str | None, served: Served, version: str) -> Recommen
         slate_id=served.slate_id)
 
 
+class CSVResponse(PlainTextResponse):
+    """Text as CSV, which is also what the OpenAPI document says it is."""
+
+    media_type = "text/csv"
+
+
 def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
     """The API over one service (a loaded model and its store), with bearer tokens when
     ``auth`` has any. Each request takes the service that is current when it starts, so a
@@ -310,8 +316,9 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
         before = live.current.version
         try:
             svc = live.reload(body.model_dir)
-        except ThawError as exc:
-            raise HTTPException(422, str(exc)) from None
+        except ThawError as exc:  # shaped like every other 422, as the OpenAPI document says
+            raise HTTPException(422, [{"loc": ["body", "model_dir"], "msg": str(exc),
+                                       "type": "value_error"}]) from None
         return Reloaded(previous=before, model_version=svc.version, model_dir=str(svc.model_dir))
 
     @app.post("/v1/feedback", response_model=FeedbackOut, dependencies=write)
@@ -323,11 +330,11 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
             raise HTTPException(404, f"item '{body.item}' was not shown in an explored slot of slate "
                                      f"'{body.slate_id}'") from None
 
-    @app.get("/v1/exploration/log.csv", response_class=PlainTextResponse, dependencies=read)
-    def exploration_log() -> PlainTextResponse:
+    @app.get("/v1/exploration/log.csv", response_class=CSVResponse, dependencies=read)
+    def exploration_log() -> CSVResponse:
         """Every explored slot (item, reward, user, propensity, candidates), the CSV that
         `thaw bandit-replay --log` reads; a slot without feedback has reward 0."""
-        return PlainTextResponse(bandit_log_csv(live.current.store), media_type="text/csv")
+        return CSVResponse(bandit_log_csv(live.current.store))
 
     @app.get("/v1/users/{user}/history", response_model=HistoryOut, dependencies=read)
     def user_history(user: Annotated[Id, Path()]) -> HistoryOut:
