@@ -332,3 +332,42 @@ def test_a_good_prior_makes_thompson_sampling_regret_less_early():
     for _ in range(200):
         wrong.update(world.contexts[0], 0, 0.0)
     assert wrong.action_probabilities(world.contexts[0], np.arange(5))[0] < 0.05
+
+
+def test_retrain_refits_on_the_stores_events_and_reload_serves_it(tiny_stack, service, client, store, tmp_path):
+    """First click -> retrained model -> served: the new user and the new item are in the
+    refitted model's data, and a reload serves the new version."""
+    import thaw
+    from thaw.serve.retrain import retrain
+
+    item = {"features": {"genres": ["Drama"]}, "text": "a new film"}
+    assert client.put("/v1/items/fresh", json=item).status_code < 300
+    posted = events("clicker", ["i3", "i7", "fresh"])
+    assert client.post("/v1/events", json=posted).json()["stored"] == 3
+    before = client.get("/v1/users/clicker/recommendations").json()["model_version"]
+    done = retrain(store.url, tiny_stack, tmp_path / "retrained", seed=0)
+    assert done["from_store"] == 3
+    assert done["interactions"] == len(thaw.load(tiny_stack).dataset.interactions) + 3
+    saved, base = thaw.load(done["path"]).dataset, thaw.load(tiny_stack).dataset
+    assert "fresh" in set(saved.item_ids) and "fresh" not in set(base.item_ids)
+    # the store's events stay in the store, not in the saved data too (never counted twice)
+    assert len(saved.interactions) == len(base.interactions) and "clicker" in set(saved.user_ids)
+    reloaded = client.post("/v1/admin/reload", json={"model_dir": str(done["path"])})
+    assert reloaded.status_code == 200, reloaded.text
+    after = client.get("/v1/users/clicker/recommendations").json()
+    assert after["model_version"] != before and reloaded.json()["model_version"] == after["model_version"]
+    assert not {x["item"] for x in after["items"]} & {"i3", "i7", "fresh"} and after["k"] == 3
+
+
+def test_retrain_refuses_a_store_that_is_not_one(tiny_stack, tmp_path):
+    from thaw.serve.retrain import retrain
+
+    with pytest.raises(ThawError, match="holds no thaw store"):
+        retrain(f"sqlite:///{tmp_path / 'empty.db'}", tiny_stack, tmp_path / "out")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "thaw", "retrain", "--model", str(tiny_stack), "--out",
+                           str(tiny_stack), "--db", f"sqlite:///{tmp_path / 'x.db'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must not be the folder being served" in done.stderr

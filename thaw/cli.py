@@ -37,6 +37,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                  "Evaluate cross-domain transfer (EMCDR, PTUPCDR, ...) for users cold in a target domain."),
     "serve": ("thaw.serve.cli:serve",
               "Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."),
+    "retrain": ("thaw.serve.cli:retrain",
+                "Refit a served model on its data plus every event the store has gathered."),
 }
 
 

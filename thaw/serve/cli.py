@@ -52,6 +52,30 @@ def serve(
                 log_level="warning", access_log=False, timeout_graceful_shutdown=10)
 
 
+def retrain(
+    db: Annotated[str, typer.Option(help="The store the service writes to (the URL given to `thaw serve --db`).")] = DEFAULT_DB,
+    model: Annotated[Path, typer.Option(help="The model folder being served.")] = Path("models/stack"),
+    out: Annotated[Path, typer.Option(help="Folder the refitted model is saved to (not the one being served).")] = Path("models/stack-retrained"),
+    val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routes).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for the validation users and the models.")] = 0,
+) -> None:
+    """Refit a served model on its data plus every event, item and user in the store; then
+    serve it with POST /v1/admin/reload {"model_dir": OUT} (or SIGHUP after moving it in)."""
+    from thaw.cli import check_writable
+    from thaw.serve.retrain import retrain as refit
+
+    if not 0 < val_frac < 1:
+        raise ThawError("--val-frac must be a fraction between 0 and 1")
+    if out.resolve() == model.resolve():
+        raise ThawError("--out must not be the folder being served: write a new one and reload it")
+    check_writable(out)
+    done = refit(db, model, out, val_frac=val_frac, seed=seed)
+    typer.echo(f"refitted {done['model'].name} on {done['interactions']} interactions ({done['from_store']} "
+               f"from the store), {done['users']} users, {done['items']} items; saved to {done['path']}")
+    typer.echo(f"serve it: curl -X POST -H 'Authorization: Bearer ...' -H 'Content-Type: application/json' "
+               f"-d '{{\"model_dir\": \"{out}\"}}' http://127.0.0.1:8000/v1/admin/reload")
+
+
 def main() -> None:
     """``python -m thaw.serve MODEL_DIR ...`` until ``thaw serve`` is registered."""
     import sys
