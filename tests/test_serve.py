@@ -371,3 +371,17 @@ def test_retrain_refuses_a_store_that_is_not_one(tiny_stack, tmp_path):
                            str(tiny_stack), "--db", f"sqlite:///{tmp_path / 'x.db'}"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "must not be the folder being served" in done.stderr
+
+
+def test_exploration_starts_from_the_stacks_scores(client, service):
+    """Prior-informed Thompson sampling: before any feedback the explored slots lean to the
+    stack's own top candidates, and the prior orders the pool as the stack's scores do."""
+    from thaw.serve.service import score_prior
+
+    p = score_prior(np.array([3.0, 2.0, 1.0, -np.inf]), 0.2)
+    assert np.all(np.diff(p) < 0) and 0 < p[-1] < p[0] < 1
+    plain = top(client, "leaner", n=20)
+    best, worst = plain["items"][0]["item"], plain["items"][-1]["item"]
+    shown = [x["item"] for k in range(30) for x in top(client, "leaner", n=5, explore="true")["items"][:2]]
+    assert shown.count(best) > shown.count(worst)
+    assert service.policy.label == "thompson-prior"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from test_serve import tiny_stack  # noqa: F401 - the shared fixture
 from thaw.serve.store import Store
 
 WRITERS = 4
@@ -152,11 +151,11 @@ def check_durability(model_dir, db, log):
         server.stop()
 
 
-def test_acknowledged_events_survive_sigkill_on_sqlite(tiny_stack, tmp_path, server_log):  # noqa: F811
+def test_acknowledged_events_survive_sigkill_on_sqlite(tiny_stack, tmp_path, server_log):
     check_durability(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log)
 
 
-def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path, server_log):  # noqa: F811
+def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path, server_log):
     server = Server(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log).start()
     try:
         status, cold = call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")
@@ -233,7 +232,7 @@ def pg_url(postgres):
     return postgres
 
 
-def test_acknowledged_events_survive_sigkill_on_postgresql(tiny_stack, pg_url, server_log):  # noqa: F811
+def test_acknowledged_events_survive_sigkill_on_postgresql(tiny_stack, pg_url, server_log):
     check_durability(tiny_stack, pg_url, server_log)
 
 

@@ -26,6 +26,9 @@ class PriorThompson(Policy):
     Not in the policy registry: its prior is a function, which a saved policy cannot hold.
     """
 
+    label = "thompson-prior"
+    """What exposure logs call it (a registry ``name`` would make it a policy by name)."""
+
     def __init__(self, prior: Prior, segment: Callable[[Context], Hashable] = lambda ctx: None,
                  strength: float = 10.0, seed: int = 0, propensity_draws: int = 32) -> None:
         super().__init__(seed)

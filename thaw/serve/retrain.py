@@ -49,7 +49,7 @@ def _items(store: Store, base: Dataset) -> pd.DataFrame:
     if not rows:
         return frame
     new = []
-    for item, row in rows.items():
+    for row in rows.values():
         features = dict(row["features"])
         if "title" in frame.columns and not features.get("title") and row.get("text"):
             features["title"] = row["text"]

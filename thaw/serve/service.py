@@ -31,16 +31,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from thaw.bandits.policies import ThompsonBeta
+from thaw.data.features import segment_key
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender
+from thaw.serve.exploration import PriorThompson
 from thaw.serve.metrics import Metrics
 from thaw.serve.store import EventsWritten, Store, UnknownItems
 
 DEFAULT_CACHE = 4096
 # Exploration, as the overview recommends it: the first two slots, among the stack's top 20.
 EXPLORE_SLOTS, EXPLORE_POOL, EXPLORE_PROPENSITY_DRAWS = 2, 20, 200
+# The exploration prior: the stack's scores over the pool, as like-probabilities, weigh as many
+# pseudo-observations per arm (thaw.serve.exploration.PriorThompson).
+EXPLORE_PRIOR_STRENGTH = 10.0
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,12 @@ class Service:
         self.content = self._content_member()
         self.extension = None if self.content is None else ContentExtension(self.content, data)
         self.training = self._training_histories(data)
-        self.policy = ThompsonBeta(seed=0, propensity_draws=EXPLORE_PROPENSITY_DRAWS)
+        self.like_rate = _like_rate(data)
+        self.pool_prior = np.zeros(0)  # the request being explored: like-probability per item
+        self.policy = PriorThompson(lambda _ctx, cands: self.pool_prior[cands],
+                                    segment=lambda ctx: segment_key(ctx.profile),
+                                    strength=EXPLORE_PRIOR_STRENGTH, seed=0,
+                                    propensity_draws=EXPLORE_PROPENSITY_DRAWS)
         self.policy_lock = threading.Lock()
         self.explore_slots, self.explore_pool = EXPLORE_SLOTS, EXPLORE_POOL
 
@@ -388,19 +397,28 @@ class Service:
         candidates it was chosen among and its propensity, before the answer goes out."""
         pool = [self.index[i] for i, _ in self.top(answer, max(n, self.explore_pool), exclude_seen)]
         slots = min(self.explore_slots, n, len(pool))
+        ctx = self._segment_context(user)
         with self.policy_lock:
-            decision = self.policy.decide(Context(None), np.asarray(pool, dtype=np.int64), slots)
+            self.pool_prior = np.full(len(self.item_ids), self.like_rate)
+            self.pool_prior[pool] = score_prior(answer.scores[pool], self.like_rate)
+            decision = self.policy.decide(ctx, np.asarray(pool, dtype=np.int64), slots)
         picked = [int(i) for i in decision.items]
         logged, remaining = [], list(pool)
         for item, p in zip(picked, decision.propensities, strict=True):
             logged.append((self.item_ids[item], float(p), [self.item_ids[i] for i in remaining]))
             remaining.remove(item)
         slate_id = uuid.uuid4().hex
-        self.store.add_exposures(slate_id, user, self.policy.name, logged)
+        self.store.add_exposures(slate_id, user, getattr(self.policy, "label", self.policy.name), logged)
         rest = [i for i in self.top(answer, n + slots, exclude_seen) if self.index[i[0]] not in picked]
         items = [(self.item_ids[i], float(answer.scores[i])) for i in picked] + rest
         self.metrics.count("thaw_explored_slates_total")
         return Served(items[:n], answer, cached, slate_id, {item: p for item, p, _ in logged})
+
+    def _segment_context(self, user: str) -> Context:
+        """What the exploration policy knows of a user: their profile (evidence is counted per
+        gender x age band, so each kind of user moves off the prior on its own)."""
+        row = self.store.user(user)
+        return Context(None, profile={} if row is None else row["profile"])
 
     def feedback(self, slate_id: str, item: str, reward: float) -> bool:
         """The reward of an explored slot; the policy learns it once. False when already given."""
@@ -409,7 +427,7 @@ class Service:
             return False
         self.sync_catalogue()
         with self.policy_lock:
-            self.policy.update(Context(None), self.index[item], reward)
+            self.policy.update(self._segment_context(shown["user_id"]), self.index[item], reward)
         self.metrics.count("thaw_feedback_total")
         return True
 
@@ -420,7 +438,8 @@ class Service:
         with self.policy_lock:
             for r in rows:
                 if r["item_id"] in self.index:
-                    self.policy.update(Context(None), self.index[r["item_id"]], r["reward"])
+                    self.policy.update(self._segment_context(r["user_id"]), self.index[r["item_id"]],
+                                       r["reward"])
         return len(rows)
 
     def top(self, answer: Answer, n: int, exclude_seen: bool) -> list[tuple[str, float]]:
@@ -491,3 +510,28 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
             v = [x.item() if isinstance(x, np.generic) else x for x in v]
         out[str(k)] = v
     return out
+
+
+def _like_rate(data: Dataset) -> float:
+    """The share of training interactions that are likes (the top quarter of the rating scale,
+    4 and 5 on 1-5): what the exploration prior is centred on."""
+    low, high = data.rating_scale
+    ratings = data.interactions.rating
+    if len(ratings) == 0 or high <= low:
+        return 0.5
+    return float(np.clip(np.mean(ratings >= low + 0.75 * (high - low)), 0.01, 0.99))
+
+
+def score_prior(scores: np.ndarray, like_rate: float) -> np.ndarray:
+    """Like-probabilities for a pool from the stack's scores: the like rate's log-odds shifted
+    by each score's z-score within the pool (one standard deviation up: e times the odds). An
+    assumption, not a calibration: it only has to order the arms as the stack does and stay
+    soft enough that a few rewards can overturn it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    z = np.zeros(len(scores))
+    if finite.sum() > 1 and scores[finite].std() > 0:
+        z[finite] = (scores[finite] - scores[finite].mean()) / scores[finite].std()
+    z[~finite] = -3.0
+    logit = np.log(like_rate / (1.0 - like_rate)) + z
+    return 1.0 / (1.0 + np.exp(-logit))

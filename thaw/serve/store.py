@@ -318,8 +318,12 @@ class Store:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def all_feedback(self) -> list[dict[str, Any]]:
+        """Every reward in the order stored, with the user its slate was shown to."""
+        shown = feedback.join(exposures, (exposures.c.slate_id == feedback.c.slate_id)
+                              & (exposures.c.item_id == feedback.c.item_id))
+        query = select(feedback, exposures.c.user_id).select_from(shown).order_by(feedback.c.seq)
         with self.reader.connect() as conn:
-            return [dict(r) for r in conn.execute(select(feedback).order_by(feedback.c.seq)).mappings()]
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def _bump_catalogue(self, conn: Connection) -> int:
         conn.execute(update(revisions).where(revisions.c.name == "catalogue").values(value=revisions.c.value + 1))
