@@ -66,6 +66,8 @@ bench: setup peers
 	$(PY) benchmarks/serve_latency.py
 	$(PY) benchmarks/serve_exploration.py --horizon 30000 --seeds 5
 	$(PY) benchmarks/cli_startup.py --repeats 5
+	$(PY) benchmarks/cross_domain.py --control
+	$(PY) benchmarks/cross_domain.py --pairs ml-1m:drama-comedy --protocols rating
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

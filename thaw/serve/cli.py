@@ -59,8 +59,10 @@ def retrain(
     val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routes).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed for the validation users and the models.")] = 0,
 ) -> None:
-    """Refit a served model on its data plus every event, item and user in the store; then
-    serve it with POST /v1/admin/reload {"model_dir": OUT} (or SIGHUP after moving it in)."""
+    """Refit a served model on its data plus every event the store has gathered.
+
+    The store's items and users come too; serve the result with POST /v1/admin/reload
+    {"model_dir": OUT} (or SIGHUP after moving it in)."""
     from thaw.cli import check_writable
     from thaw.serve.retrain import retrain as refit
 

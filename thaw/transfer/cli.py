@@ -26,8 +26,10 @@ def transfer(
     seed: Annotated[int, typer.Option(help="Seed of the split and the models.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Evaluate cross-domain transfer (tgt, cmf, emcdr, ptupcdr, the stack, with random and pop)
-    on users cold in the target, K-stratified, and warn where transfer is worse than tgt."""
+    """Evaluate cross-domain transfer (EMCDR, PTUPCDR, ...) for users cold in a target domain.
+
+    tgt, cmf, emcdr, ptupcdr and the stack, with random and pop, K-stratified on the target;
+    warns wherever transfer is significantly worse than tgt."""
     from thaw.eval.protocol import PROTOCOLS, DegenerateResultWarning
     from thaw.eval.report import format_tables, write_results
     from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source
