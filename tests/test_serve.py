@@ -385,3 +385,8 @@ def test_exploration_starts_from_the_stacks_scores(client, service):
     shown = [x["item"] for k in range(30) for x in top(client, "leaner", n=5, explore="true")["items"][:2]]
     assert shown.count(best) > shown.count(worst)
     assert service.policy.label == "thompson-prior"
+
+
+def test_a_source_history_needs_a_model_with_a_source_domain(client):
+    out = client.post("/v1/recommendations", json={"source": [{"item": "b1", "rating": 5}]})
+    assert out.status_code == 422 and "cross-domain pair" in out.json()["detail"][0]["msg"]

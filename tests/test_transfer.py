@@ -219,3 +219,37 @@ def test_command_line_on_your_own_pair(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "needs both --source and --target" in bad.stderr
+
+
+def test_the_service_serves_transfer_from_an_inline_source_history(pair, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from thaw.eval.protocol import SplitValidator
+    from thaw.serve.app import create_app
+    from thaw.serve.service import Service
+    from thaw.serve.store import Store
+
+    split = cross_domain_split(pair, 0.0, seed=0)  # beta = 0: every user but validation trains
+    assert not split.test and split.val
+    stack = transfer_stack(seed=0)
+    stack.set_task("next-item")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stack.fit(split.train, validate=SplitValidator(split, "next-item"))
+    stack.dataset = split.train
+    store = Store(f"sqlite:///{tmp_path / 'thaw.db'}")
+    store.init()
+    service = Service(stack.save(tmp_path / "stack"), store)
+    client = TestClient(create_app(service))
+    source = split.train.source_domain
+    rows = source.interactions.take(source.interactions.user == 0)
+    history = [{"item": str(source.item_ids[i]), "rating": float(r)}
+               for i, r in zip(rows.item, rows.rating, strict=True)]
+    with_source = client.post("/v1/recommendations", json={"source": history, "n": 5})
+    assert with_source.status_code == 200, with_source.text
+    plain = client.post("/v1/recommendations", json={"n": 5}).json()
+    assert with_source.json()["route"]["band"] == SOURCE_ROW and plain["route"]["band"] == "0"
+    assert [x["item"] for x in with_source.json()["items"]] != [x["item"] for x in plain["items"]]
+    bad = client.post("/v1/recommendations", json={"source": [{"item": "no-such-book"}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "source"]
+    store.close()

@@ -459,7 +459,7 @@ def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, floa
     return load_dataset(dataset, columns=columns, rating_scale=scale)
 
 
-def _model_list(text: str) -> list[str]:
+def _model_list(text: str, two_domains: bool = False) -> list[str]:
     from thaw.registry import CROSS_DOMAIN, model_names
 
     known = model_names()
@@ -469,7 +469,7 @@ def _model_list(text: str) -> list[str]:
     if unknown:
         raise ThawError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     two_domain = [n for n in names if n in CROSS_DOMAIN and n != "tgt"]
-    if two_domain:
+    if two_domain and not two_domains:
         raise ThawError(f"{', '.join(two_domain)} transfer from a second domain, which this data "
                         "set does not have: use `thaw transfer` (e.g. `thaw transfer ml-1m:drama-comedy`)")
     return names
@@ -518,7 +518,7 @@ def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidate
 def fit(
     model: Annotated[str, typer.Option(help="Model to fit (see `thaw models`); 'stack' routes over --members.")] = "stack",
     out: Annotated[Path, typer.Option(help="Folder the fitted model is saved to (JSON + safetensors).")] = Path("models/stack"),
-    dataset: Annotated[str, typer.Option(help="Data set name or path (see `thaw datasets`).")] = DEFAULT_DATASET,
+    dataset: Annotated[str, typer.Option(help="Data set name or path (see `thaw datasets`), or a cross-domain pair (ml-1m:drama-comedy, ...: the stack then transfers from its source domain).")] = DEFAULT_DATASET,
     members: Annotated[str | None, typer.Option(help="The stack's members, comma-separated (default: a set that covers every K).")] = None,
     protocol: Annotated[str, typer.Option(help="What to fit for: next-item (ranking) or rating.")] = "next-item",
     val_frac: Annotated[float, typer.Option(help="Fraction of users held out for validation (model selection, the stack's routing).")] = 0.1,
@@ -538,15 +538,25 @@ def fit(
     if not 0 < val_frac < 1:
         raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
                         "the models' settings and the stack's routes")
-    name = _model_list(model)[0]
+    from thaw.transfer.data import BUILT_IN
+    from thaw.transfer.evaluate import TRANSFER_MEMBERS
+
+    two_domains = dataset in BUILT_IN  # a cross-domain pair: the stack gets the transfer members
+    name = _model_list(model, two_domains)[0]
     params = _parse_params(param)
-    member_names = (_model_list(members) if members else list(DEFAULT_MEMBERS)) if name == "stack" else []
+    defaults = TRANSFER_MEMBERS if two_domains else DEFAULT_MEMBERS
+    member_names = (_model_list(members, two_domains) if members else list(defaults)) if name == "stack" else []
     _check_params(params, [name, *member_names])
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
     check_writable(out)
-    data = _load(dataset, mapping, scale)
-    _warn_missing_text(data, [name, *member_names])
-    the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
+    if two_domains:
+        from thaw.transfer.data import cross_domain_split, load_cross_domain
+
+        the_split = cross_domain_split(load_cross_domain(dataset), 0.0, val_frac=val_frac, seed=seed)
+    else:
+        data = _load(dataset, mapping, scale)
+        _warn_missing_text(data, [name, *member_names])
+        the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
     typer.echo(the_split.describe())
     # A seed set with --param wins over --seed; stack members are made here, so that --param
     # reaches them too.

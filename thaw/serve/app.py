@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from thaw.errors import ThawError
 from thaw.serve.auth import Auth, load_tokens
 from thaw.serve.metrics import Metrics
-from thaw.serve.service import Live, Served, Service
+from thaw.serve.service import Live, Served, Service, SourceUnsupported
 from thaw.serve.store import MAX_ID, Store, UnknownItems
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
@@ -109,6 +109,9 @@ class AnonymousIn(BaseModel):
     profile: dict[Annotated[str, StringConstraints(max_length=64)], Scalar] = Field(
         default_factory=dict, max_length=MAX_FIELDS)
     history: list[HistoryIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    source: list[HistoryIn] = Field(default_factory=list, max_length=MAX_BATCH, description=(
+        "history in the source domain of a model fitted on a cross-domain pair (cross-domain "
+        "transfer), items named as that domain names them"))
     n: int = Field(10, ge=1, le=MAX_N)
     exclude_seen: bool = True
 
@@ -305,8 +308,12 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
     def anonymous_recommendations(body: Annotated[AnonymousIn, Body()]) -> RecommendationsOut:
         """Recommendations for a profile and history given inline; nothing is stored."""
         svc = live.current
-        served = svc.recommend_anonymous(body.profile, [h.model_dump() for h in body.history], body.n,
-                                         body.exclude_seen)
+        try:
+            served = svc.recommend_anonymous(body.profile, [h.model_dump() for h in body.history], body.n,
+                                             body.exclude_seen, [h.model_dump() for h in body.source])
+        except SourceUnsupported as exc:
+            raise HTTPException(422, [{"loc": ["body", "source"], "msg": str(exc),
+                                       "type": "value_error"}]) from None
         return _recommendations(None, served, svc.version)
 
     @app.post("/v1/admin/reload", response_model=Reloaded, dependencies=admin)

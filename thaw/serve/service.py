@@ -198,6 +198,10 @@ class ContentExtension:
         return out.shape == (n_total,) and not np.isnan(out).any()
 
 
+class SourceUnsupported(ThawError):
+    """A request's source history cannot be read: no source domain, or unknown source items."""
+
+
 class Service:
     """One saved model serving the users and items of one store."""
 
@@ -310,11 +314,13 @@ class Service:
         full = self.training[user].concat(stored) if user in self.training else stored
         return full.take(full.item < self.n_model_items), full
 
-    def answer(self, user: str | None, profile: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> Answer:
-        """Score the whole catalogue for one user state (no cache)."""
+    def answer(self, user: str | None, profile: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
+               source: Interactions | None = None) -> Answer:
+        """Score the whole catalogue for one user state (no cache); ``source`` is the user's
+        history in the source domain of a model fitted on a cross-domain pair."""
         started = time.perf_counter()
         hist, full = self._history(user, events)
-        ctx = Context(user=None, history=hist, profile=dict(profile))
+        ctx = Context(user=None, history=hist, profile=dict(profile), source=source)
         with self.lock:
             n_total = len(self.item_ids)
             known = np.arange(self.n_model_items)
@@ -335,22 +341,21 @@ class Service:
         if tripped:
             self.metrics.count("thaw_breaker_trips_total")
         self.metrics.observe("thaw_model_seconds", time.perf_counter() - started)
-        return Answer(scores, np.unique(full.item), self.route(len(hist), tripped), len(hist), n_total)
+        return Answer(scores, np.unique(full.item), self.route(ctx, tripped), len(hist), n_total)
 
-    def route(self, k: int, tripped: bool) -> dict[str, Any]:
-        """The route the model took for a history of ``k`` of its items."""
+    def route(self, ctx: Context, tripped: bool) -> dict[str, Any]:
+        """The route the model took for this request (its history, and any source history)."""
         from thaw.stack import Stack
-        from thaw.stack.router import FALLBACK, band_label, band_of
+        from thaw.stack.router import FALLBACK
 
         model = self.model
         if not isinstance(model, Stack) or not model.tables:
             return {"band": None, "kind": "model", "members": [model.name], "weights": [1.0],
                     "breaker_tripped": False}
         task = "next-item" if "next-item" in model.tables else next(iter(model.tables))
-        b = band_of(k, model.bands)
-        row = model.tables[task][b]
+        row = model.route(task, ctx)
         if tripped:
-            return {"band": band_label(model.bands[b]), "kind": "fallback", "members": [FALLBACK],
+            return {"band": row["band"], "kind": "fallback", "members": [FALLBACK],
                     "weights": [1.0], "breaker_tripped": True}
         return {"band": row["band"], "kind": "member" if len(row["members"]) == 1 else "blend",
                 "members": list(row["members"]), "weights": [float(w) for w in row["weights"]],
@@ -378,16 +383,33 @@ class Service:
         return Served(self.top(answer, n, exclude_seen), answer, cached)
 
     def recommend_anonymous(self, profile: Mapping[str, Any], history: Sequence[Mapping[str, Any]], n: int,
-                            exclude_seen: bool = True) -> Served:
-        """Top ``n`` for a profile and history given inline; nothing is stored or cached."""
+                            exclude_seen: bool = True, source: Sequence[Mapping[str, Any]] = ()) -> Served:
+        """Top ``n`` for a profile and history given inline; nothing is stored or cached.
+        ``source``: the user's history in the model's source domain (cross-domain transfer)."""
         self.sync_catalogue()
         unknown = [h["item"] for h in history if h["item"] not in self.index]
         if unknown:
             raise UnknownItems(list(dict.fromkeys(unknown)))
         events = [{"item_id": h["item"], "rating": h.get("rating"), "ts": h.get("ts") or k}
                   for k, h in enumerate(history)]
-        answer = self.answer(None, profile, events)
+        answer = self.answer(None, profile, events, self._source(source) if source else None)
         return Served(self.top(answer, n, exclude_seen), answer, False)
+
+    def _source(self, source: Sequence[Mapping[str, Any]]) -> Interactions:
+        """A source-domain history named as the source domain names its items."""
+        domain = self.data.source_domain
+        if domain is None:
+            raise SourceUnsupported("this model was not fitted on a cross-domain pair, so it has no "
+                                    "source domain to read 'source' in (fit one with `thaw fit "
+                                    "--dataset ml-1m:drama-comedy`)")
+        index = {str(i): k for k, i in enumerate(domain.item_ids)}
+        unknown = [h["item"] for h in source if h["item"] not in index]
+        if unknown:
+            raise SourceUnsupported(f"unknown source item(s) {', '.join(dict.fromkeys(unknown[:5]))}")
+        default = float(domain.interactions.rating.mean()) if len(domain.interactions) else 1.0
+        return Interactions.of([index[h["item"]] for h in source],
+                               [default if h.get("rating") is None else h["rating"] for h in source],
+                               [h.get("ts") or k for k, h in enumerate(source)])
 
     # --- exploration ------------------------------------------------------------------------
 

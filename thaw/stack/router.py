@@ -280,7 +280,7 @@ class Stack(Recommender):
         """Weight of content per item band, by coordinate search over a grid on validation."""
         bases, bands = [], []
         for i, ep in enumerate(episodes):
-            route = self._route(task, ep.context)
+            route = self.route(task, ep.context)
             outputs = {m: transformed[m][i] for m in route["members"]}
             conf = confidences.get(self._primary(route), np.full(len(episodes), np.inf))[i]
             base, _ = self._route_output(route, outputs, conf, transformed[FALLBACK][i],
@@ -342,7 +342,7 @@ class Stack(Recommender):
         The one place routing, the breaker and the item-side blend happen: ``score``, the
         batch path and the evaluation's reuse of already-fitted members all come through here.
         """
-        route = self._route(task, context)
+        route = self.route(task, context)
         ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
         result, tripped = self._route_output(route, ready, confidence, ready.get(FALLBACK),
                                               len(items))
@@ -354,7 +354,7 @@ class Stack(Recommender):
 
     def needed(self, task: str, context: Context) -> list[str]:
         """The members whose outputs ``combine`` needs for this request."""
-        route = self._route(task, context)
+        route = self.route(task, context)
         names = list(route["members"]) + [FALLBACK]
         if any(self.item_weights.get(task, [])) and self.content in self.members:
             names.append(self.content)
@@ -367,7 +367,8 @@ class Stack(Recommender):
             return len(self.bands)
         return band_of(len(context.history), self.bands)
 
-    def _route(self, task: str, context: Context) -> dict[str, Any]:
+    def route(self, task: str, context: Context) -> dict[str, Any]:
+        """The table row that answers this request (what the service reports as its route)."""
         table = self._table(task)
         return table[self._row_of(context, len(table))]
 
@@ -403,7 +404,7 @@ class Stack(Recommender):
         return result
 
     def _confidence(self, task: str, ctx: Context, outputs: Mapping[str, np.ndarray | None]) -> float:
-        primary = self._primary(self._route(task, ctx))
+        primary = self._primary(self.route(task, ctx))
         if outputs.get(primary) is None:
             return -np.inf
         try:
@@ -457,7 +458,7 @@ class Stack(Recommender):
         for i, ep in enumerate(episodes):
             needed = self.needed(task, ep.context)
             raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in needed}
-            route = self._route(task, ep.context)
+            route = self.route(task, ep.context)
             primary = self._primary(route)
             confidence = float(confidences[primary][i]) if raw.get(primary) is not None else -np.inf
             answer, tripped = self.combine(task, ep.context, ep.candidates, raw, confidence)

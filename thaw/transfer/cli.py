@@ -43,6 +43,8 @@ def transfer(
         raise ThawError(f"--ks {ks}: give whole numbers separated by commas, e.g. 0,1,3,5,10") from None
     if not k_values or k_values[0] < 0:
         raise ThawError(f"--ks {ks}: give non-negative whole numbers, e.g. 0,1,3,5,10")
+    if not 0 < beta < 1:
+        raise ThawError(f"--beta {beta:g}: the cold fraction of the users in both domains must be above 0 and below 1")
     if (pair is None) == (source is None and target is None):
         raise ThawError("name a built-in pair, or give --source and --target (not both)")
     if pair is None and (source is None or target is None):

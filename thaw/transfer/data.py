@@ -152,13 +152,14 @@ def permuted_source(pair: CrossDomainDataset, seed: int = 0) -> CrossDomainDatas
 def cross_domain_split(pair: CrossDomainDataset, beta: float = 0.2, *, val_frac: float = 0.1,
                        seed: int = 0, n_negatives: int = 100) -> Split:
     """PTUPCDR's split with a validation set: ``beta`` of the overlap users are test users cold
-    in the target, ``val_frac`` of them (drawn apart) validation users held out the same way.
+    in the target, ``val_frac`` of them (drawn apart) validation users held out the same way
+    (beta = 0: no test users, what ``thaw fit`` fits a served model with).
 
     The split's ``train`` is the target's remaining interactions with the whole source domain
     attached (``train.source_domain``: cold users' source histories stay, as in the protocol);
     each held-out user's source history rides on their episodes as ``Context.source``.
     """
-    if not 0 < beta < 1:
+    if not 0 <= beta < 1:
         raise ThawError(f"{option('beta')}{beta:g}: the cold fraction of overlap users must be "
                         "above 0 and below 1")
     if not 0 <= val_frac < 1 or beta + val_frac >= 1:
@@ -169,7 +170,7 @@ def cross_domain_split(pair: CrossDomainDataset, beta: float = 0.2, *, val_frac:
     order = rng.permutation(overlap)
     n_test = int(round(beta * len(order)))
     n_val = int(round(val_frac * len(order)))
-    if n_test == 0 or len(order) - n_test - n_val < 1:
+    if (beta > 0 and n_test == 0) or len(order) - n_test - n_val < 1:
         raise DataError(f"{pair.name}: {len(order)} overlap users are too few for "
                         f"beta={beta:g} and val_frac={val_frac:g}")
     role = np.zeros(pair.target.n_users, dtype=np.int8)

@@ -22,6 +22,8 @@ from thaw.eval.protocol import DEFAULT_KS, EvalResult, compare, evaluate
 TRANSFER_MODELS = ("cmf", "emcdr", "ptupcdr")
 BASELINE = "tgt"
 DEFAULT_MODELS = ("random", "pop", "segment-pop", BASELINE, *TRANSFER_MODELS)
+TRANSFER_MEMBERS = ("pop", "segment-pop", BASELINE, *TRANSFER_MODELS)
+"""The stack over the cross-domain members (``transfer_stack``; what `thaw fit` makes on a pair)."""
 HEADLINES = {"rating": ("mae", "rmse"), "next-item": ("ndcg@10",)}
 
 
@@ -34,7 +36,7 @@ def transfer_stack(seed: int = 0) -> Any:
     row of their own (``thaw.stack.router.SOURCE_ROW``)."""
     from thaw.stack import Stack
 
-    return Stack(("pop", "segment-pop", BASELINE, *TRANSFER_MODELS), seed=seed)
+    return Stack(TRANSFER_MEMBERS, seed=seed)
 
 
 def evaluate_transfer(split: Split, *, protocol: str = "rating", ks: Sequence[int] = DEFAULT_KS,
