@@ -63,7 +63,8 @@ bench: setup peers
 	$(PY) benchmarks/coldwarm.py --quick
 	$(PY) benchmarks/coldwarm.py --dataset ml-1m --quick
 	$(PY) benchmarks/retrieval.py
-	$(PY) benchmarks/serve_latency.py
+	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
+	$(PY) benchmarks/serve.py --model $(MODEL)
 	$(PY) benchmarks/serve_exploration.py --horizon 30000 --seeds 5
 	$(PY) benchmarks/cli_startup.py --repeats 5
 	$(PY) benchmarks/cross_domain.py --control

@@ -12,7 +12,7 @@ Uses the saved ML-100k stack given by --model (default models/stack, made by `ma
 or, when there is none, fits a small stack on synthetic data. Loopback only; bounded by
 --requests and --events.
 
-    python benchmarks/serve_latency.py [--model models/stack] [--requests 200] [--events 20000] [--pg URL]
+    python benchmarks/serve.py [--model models/stack] [--requests 200] [--events 20000] [--pg URL]
 """
 
 from __future__ import annotations
