@@ -60,7 +60,7 @@ bench: setup peers
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 	$(PY) benchmarks/seq_objectives.py compare
 	$(PY) benchmarks/quality_fixes.py
-	$(PY) benchmarks/coldwarm.py --quick
+	$(PY) benchmarks/coldwarm.py
 	$(PY) benchmarks/coldwarm.py --dataset ml-1m --quick
 	$(PY) benchmarks/retrieval.py
 	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
