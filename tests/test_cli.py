@@ -94,6 +94,7 @@ def test_models_and_datasets_commands():
     assert {"random", "pop", "segment-pop", "content", "mf", "bpr"} <= set(names)
     done = thaw("datasets")
     assert done.returncode == 0 and "ml-100k" in done.stdout and "ml-1m" in done.stdout
+    assert "ml-1m:drama-comedy" in done.stdout and "Drama -> Comedy" in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [

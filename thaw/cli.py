@@ -658,9 +658,14 @@ def stack_explain(model_dir: Annotated[Path, typer.Argument(help="A folder writt
 def datasets() -> None:
     """List the data sets thaw can load and where each would come from."""
     from thaw.data.loaders import available_datasets
+    from thaw.transfer.data import BUILT_IN, GENRE_PAIRS
 
     for info in available_datasets():
         typer.echo(f"{info.name:10s} {info.description}\n{'':10s} {info.location}")
+    typer.echo("\ncross-domain pairs (`thaw transfer PAIR`, `thaw fit --dataset PAIR`), cut from the above by genre:")
+    for name in BUILT_IN:
+        source, target = GENRE_PAIRS[name.partition(":")[2]]
+        typer.echo(f"  {name:22s} {'/'.join(source)} -> {'/'.join(target)}")
 
 
 @app.command()
