@@ -15,7 +15,7 @@ from typing import Self
 import numpy as np
 
 from thaw.data.schema import Dataset, Interactions
-from thaw.models.base import Context, Recommender, Validator, usable_validator
+from thaw.models.base import Context, Recommender, Validator, usable_validator, validation_score
 from thaw.models.mf import MatrixFactorization
 from thaw.transfer.base import has_source, source_domain
 
@@ -43,20 +43,17 @@ class CollectiveMF(Recommender):
         joined = Dataset(f"{data.name}+source", both, data.user_ids,
                          np.concatenate([data.item_ids, source.item_ids]).astype(object),
                          rating_scale=data.rating_scale)
-        # The validator sees this model, whose contexts carry the source: reg is chosen on it.
-        self.mf = MatrixFactorization(self.dim, self.reg, seed=self.seed)
         validate = usable_validator(validate)
         if validate is None:
-            self.mf.fit(joined)
-        else:
-            from thaw.models.base import validation_score
-
-            values = {}
-            for reg in self.mf.grid:
-                self.mf = MatrixFactorization(self.dim, reg, grid=(reg,), seed=self.seed).fit(joined)
-                values[reg] = validation_score(validate, self, f"with reg {reg}")
-            best = max(values, key=values.get)
-            self.mf = MatrixFactorization(self.dim, best, grid=(best,), seed=self.seed).fit(joined)
+            self.mf = MatrixFactorization(self.dim, self.reg, grid=(self.reg,), seed=self.seed).fit(joined)
+            return self
+        # The validator scores this model, whose contexts carry the source: reg is chosen on it
+        # (mf's own grid), and the best fit is kept rather than made again.
+        fits, values = {}, {}
+        for reg in MatrixFactorization().grid:
+            self.mf = fits[reg] = MatrixFactorization(self.dim, reg, grid=(reg,), seed=self.seed).fit(joined)
+            values[reg] = validation_score(validate, self, f"with reg {reg}")
+        self.mf = fits[max(values, key=values.get)]
         return self
 
     def _shifted(self, source: Interactions) -> Interactions:
