@@ -34,7 +34,7 @@ def store_dataset(store: Store, base: Dataset) -> tuple[Dataset, int]:
                            "rating": [default if e["rating"] is None else e["rating"] for e in events],
                            "ts": [e["ts"] for e in events]}, columns=["user", "item", "rating", "ts"])
     items = _items(store, base)
-    users = _users(store, base)
+    users = _users(store, base, {e["user_id"] for e in events})
     frame = pd.concat([ratings, stored], ignore_index=True)  # the store's rows last (see retrain)
     data = Dataset.from_frames(f"{base.name}+store", frame, users=users, items=items,
                                rating_scale=base.rating_scale, source=store.safe_url)
@@ -59,10 +59,10 @@ def _items(store: Store, base: Dataset) -> pd.DataFrame:
     return pd.concat([frame, pd.DataFrame(new, index=list(rows), columns=frame.columns)])
 
 
-def _users(store: Store, base: Dataset) -> pd.DataFrame:
+def _users(store: Store, base: Dataset, with_events: set[str]) -> pd.DataFrame:
     frame = base.user_features.copy()
     frame.index = base.user_ids.astype(str)
-    ids = {e["user_id"] for e in store.all_events()} - set(frame.index)
+    ids = with_events - set(frame.index)
     profiles = [store.user(u) for u in sorted(ids)]
     new = pd.DataFrame([{c: (p or {}).get("profile", {}).get(c) for c in frame.columns} for p in profiles],
                        index=sorted(ids), columns=frame.columns)

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from thaw.data.features import segment_key
 from thaw.data.schema import Dataset, Interactions
-from thaw.errors import ThawError
+from thaw.errors import DataError, ThawError
 from thaw.models.base import Context, Recommender
 from thaw.serve.exploration import PriorThompson
 from thaw.serve.metrics import Metrics
@@ -402,12 +402,12 @@ class Service:
             raise SourceUnsupported("this model was not fitted on a cross-domain pair, so it has no "
                                     "source domain to read 'source' in (fit one with `thaw fit "
                                     "--dataset ml-1m:drama-comedy`)")
-        index = {str(i): k for k, i in enumerate(domain.item_ids)}
-        unknown = [h["item"] for h in source if h["item"] not in index]
-        if unknown:
-            raise SourceUnsupported(f"unknown source item(s) {', '.join(dict.fromkeys(unknown[:5]))}")
+        try:
+            items = domain.item_index([h["item"] for h in source])
+        except DataError as exc:
+            raise SourceUnsupported(f"source: {exc}") from None
         default = float(domain.interactions.rating.mean()) if len(domain.interactions) else 1.0
-        return Interactions.of([index[h["item"]] for h in source],
+        return Interactions.of(items,
                                [default if h.get("rating") is None else h["rating"] for h in source],
                                [h.get("ts") or k for k, h in enumerate(source)])
 
@@ -549,11 +549,7 @@ def score_prior(scores: np.ndarray, like_rate: float) -> np.ndarray:
     by each score's z-score within the pool (one standard deviation up: e times the odds). An
     assumption, not a calibration: it only has to order the arms as the stack does and stay
     soft enough that a few rewards can overturn it."""
-    scores = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(scores)
-    z = np.zeros(len(scores))
-    if finite.sum() > 1 and scores[finite].std() > 0:
-        z[finite] = (scores[finite] - scores[finite].mean()) / scores[finite].std()
-    z[~finite] = -3.0
-    logit = np.log(like_rate / (1.0 - like_rate)) + z
+    from thaw.stack.router import normalise  # the stack's own z-scores (-inf: below the rest)
+
+    logit = np.log(like_rate / (1.0 - like_rate)) + normalise(scores)
     return 1.0 / (1.0 + np.exp(-logit))
