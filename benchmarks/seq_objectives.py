@@ -3,6 +3,7 @@ a softmax cross-entropy over the whole catalogue ("ce", as RecBole does), on ML-
 
     .venv/bin/python benchmarks/seq_objectives.py grid    [--model sasrec|gru4rec] [--rows 0,2] [--seed 0]
     .venv/bin/python benchmarks/seq_objectives.py compare [--seed 0]
+    .venv/bin/python benchmarks/seq_objectives.py beyond  [--seed 0]
 
 Both run on the new-user split of ``thaw run`` (seed 0) and read validation users only to
 choose: ``grid`` fits a handful of configurations of each model (objective, lr, dropout, max
@@ -13,11 +14,16 @@ fits only those rows of GRID (0 is the registry default), to spread the grid ove
 pop and random, and prints validation and test NDCG@10 per K with the fit seconds. Test users
 are scored once per model, by thaw's protocol (``evaluate``), one model at a time in this
 process so the fit seconds compare.
+``beyond`` tries issue 11's "beyond the peers" options on sasrec, each chosen on validation
+users and then scored on the test users once beside the default: item side features inside
+the encoder, the sampled softmax with popularity-drawn, logQ-corrected negatives, and the
+support adaptation (its rate and steps over ADAPT_GRID on validation, on the default fit).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
@@ -49,6 +55,12 @@ GRID = {
                 {"loss": "ce", "patience": 8},
                 {"loss": "ce", "lr": 3e-3, "hidden": 128, "dropout": 0.3}],
 }
+
+
+# The support adaptation's (adapt_lr, adapt_steps) tried on validation users by ``beyond``.
+ADAPT_GRID = [(lr, steps) for lr in (0.03, 0.1, 0.3, 1.0) for steps in (1, 3, 10)]
+BEYOND = {"sasrec side features": {"side_features": True},
+          "sasrec sampled softmax": {"loss": "sampled", "n_negatives": 100}}
 
 
 def _split(seed: int):
@@ -117,16 +129,75 @@ def compare(args: argparse.Namespace) -> None:
         print(f"  K={r.K}: {r.model_a} vs {r.model_b}: diff {r.diff:+.3f}, p={r.p_value:.3g} (Holm {r.p_holm:.3g})")
 
 
+def _validation_ndcg(model, validate: SplitValidator, ks) -> dict[int, float]:
+    rows, _ = score_episodes(model, validate.episodes, "next-item")
+    return {k: float(np.mean([r["ndcg@10"] for r, e in zip(rows, validate.episodes, strict=True) if e.k == k]))
+            for k in ks}
+
+
+def beyond(args: argparse.Namespace) -> None:
+    split = _split(args.seed)
+    ks = DEFAULT_KS
+    validate = SplitValidator(split, "next-item", ks)
+    fitted, fits, chosen = {}, {}, {}
+    for label, params in {"sasrec": {}, **BEYOND}.items():
+        start = time.perf_counter()
+        fitted[label] = make_model("sasrec", seed=args.seed, **params).fit(split.train, validate)
+        fits[label] = time.perf_counter() - start
+    print(f"{split.describe()}; {len(validate.episodes) // len(ks)} validation users\n")
+    print("support adaptation on the default sasrec fit, validation NDCG@10 (mean over K = "
+          + ", ".join(map(str, ks)) + "); lr 0 / steps 0 is the plain model")
+    plain = fitted["sasrec"]
+    grid = {(0.0, 0): _validation_ndcg(plain, validate, ks)}
+    for lr, steps in ADAPT_GRID:
+        trial = copy.deepcopy(plain)
+        trial.adapt_lr, trial.adapt_steps = lr, steps
+        grid[(lr, steps)] = _validation_ndcg(trial, validate, ks)
+    for (lr, steps), by_k in grid.items():
+        print(f"  lr {lr:<5} steps {steps:<3} mean {np.mean(list(by_k.values())):.4f}  "
+              + " / ".join(f"{v:.3f}" for v in by_k.values()))
+    best = max(grid, key=lambda c: np.mean(list(grid[c].values())))
+    chosen["sasrec adapted"] = best
+    adapted = copy.deepcopy(plain)
+    adapted.adapt_lr, adapted.adapt_steps = best
+    fitted["sasrec adapted"], fits["sasrec adapted"] = adapted, fits["sasrec"]
+    print(f"  kept: lr {best[0]}, steps {best[1]}\n")
+
+    models = {"random": make_model("random"), "pop": make_model("pop"), **fitted}
+    for name in ("random", "pop"):
+        models[name].fit(split.train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegenerateResultWarning)
+        result = evaluate(models, split, ks=ks, seed=args.seed, progress=False, jobs=1, fit=False,
+                          pairs=[(other, "sasrec") for other in (*BEYOND, "sasrec adapted")])
+    for w in caught:
+        print(f"warning: {w.message}")
+    test = result.table[result.table["metric"] == "ndcg@10"].pivot(index="model", columns="K", values="value")
+    print("| model | fit s | validation NDCG@10 " + " / ".join(f"K={k}" for k in ks)
+          + " | test NDCG@10 " + " / ".join(f"K={k}" for k in ks) + " |")
+    print("|---|---|---|---|")
+    for name, model in models.items():
+        val = _validation_ndcg(model, validate, ks)
+        print(f"| {name} | {fits.get(name, 0):.0f} | " + " / ".join(f"{v:.3f}" for v in val.values())
+              + " | " + " / ".join(f"{test.loc[name, k]:.3f}" for k in ks) + " |")
+    comp = result.comparisons
+    print("\npaired Wilcoxon on test NDCG@10, each option minus the default sasrec (Holm per K):")
+    for other in (*BEYOND, "sasrec adapted"):
+        rows = comp[(comp["metric"] == "ndcg@10") & (comp["model_a"] == other)].sort_values("K")
+        print(f"  {other}: " + ", ".join(f"K={r.K} {r.diff:+.3f} (p {r.p_value:.2g}, Holm {r.p_holm:.2g})"
+                                         for r in rows.itertuples()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("grid", "compare"))
+    parser.add_argument("part", choices=("grid", "compare", "beyond"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", action="append", choices=tuple(GRID), help="grid: only this model")
     parser.add_argument("--rows", type=lambda t: [int(i) for i in t.split(",")], default=None,
                         help="grid: only these rows of GRID (0 = the registry default)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; seed {args.seed}")
-    {"grid": grid, "compare": compare}[args.part](args)
+    {"grid": grid, "compare": compare, "beyond": beyond}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,22 @@ history well defined: its output state is trained to predict a user's first item
 are padded on the right, so with a causal encoder the padding never reaches a real position
 and no attention row is ever fully masked.
 
-Items never seen in training get no gradient from either objective (the softmax runs over
-the trained items only). After training, those with genres or a release year get the
+A third objective, "sampled", is the softmax against ``n_negatives`` items drawn by training
+popularity, shared by the batch, each logit corrected by minus the log of its sampling
+probability (so the sampled softmax estimates the full one without favouring popular items):
+the cheap form of "ce" for a catalogue too large to score whole (on ML-100k's 1,682 items it
+is far below "ce": BENCHMARKS.md section 7).
+
+Two options tried for issue 11, both off by default because neither helped on validation
+users (benchmarks/seq_objectives.py beyond):
+``side_features`` adds to every item's id embedding a learned projection of its genres and
+release year, inside the encoder's input and the output table alike, so a new item is scored
+by what it is; ``adapt_steps`` fits a per-user offset of the final state to the support at
+score time (gradient steps, rate ``adapt_lr``, on the support's own next-item softmax: the
+pretrained encoder adapted to the user, MAML's inner loop without meta-training).
+
+Items never seen in training get no gradient from "ce" or "bce" (the softmax runs over the
+trained items only). After training, those with genres or a release year get the
 embedding a ridge regression of the trained items' embeddings on those features predicts;
 items with neither (or with ``item_features=False``) score -inf: the model knows nothing of
 them, and a score of 0 would rank them above every item whose dot product is negative.
@@ -43,20 +57,32 @@ from thaw.models.base import Context, Recommender, Validator, train_epochs
 from thaw.models.neural import chunked, exact_scores, float64_copy
 from thaw.models.sampling import pair_keys, sample_unseen_by
 
-LOSSES = ("ce", "bce")
+LOSSES = ("ce", "bce", "sampled")
 FEATURE_RIDGE = 1.0  # the penalty of the features -> embedding regression (binary features)
 
 
 class _SequenceNet(nn.Module):
-    """Shared item embeddings plus an encoder that maps (B, L) tokens to (B, L, dim) states."""
+    """Shared item representations plus an encoder that maps (B, L) tokens to (B, L, dim)
+    states. A token's representation is its id embedding, plus, given ``side`` (a (tokens,
+    features) matrix, zero for padding and start), a learned projection of its features."""
 
-    def __init__(self, n_tokens: int, dim: int, encoder: nn.Module) -> None:
+    def __init__(self, n_tokens: int, dim: int, encoder: nn.Module, side: np.ndarray | None = None) -> None:
         super().__init__()
         self.items = nn.Embedding(n_tokens, dim, padding_idx=0)
         self.encoder = encoder
+        self.describe = None
+        if side is not None:
+            self.register_buffer("side", torch.as_tensor(side, dtype=torch.float32), persistent=False)
+            self.describe = nn.Linear(side.shape[1], dim, bias=False)
+
+    def table(self) -> Tensor:
+        """(tokens, dim): every token's representation, the input and the output table."""
+        if self.describe is None:
+            return self.items.weight
+        return self.items.weight + self.describe(self.side)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.encoder(self.items(tokens), tokens)
+        return self.encoder(self.table()[tokens], tokens)
 
 
 class _SelfAttentionEncoder(nn.Module):
@@ -113,12 +139,17 @@ class SequentialRecommender(Recommender):
 
     def __init__(self, *, dim: int = 64, max_len: int = 50, dropout: float = 0.2,
                  epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, l2: float = 0.0,
-                 patience: int = 4, loss: str = "ce", item_features: bool = True, seed: int = 0) -> None:
+                 patience: int = 4, loss: str = "ce", n_negatives: int = 100, item_features: bool = True,
+                 side_features: bool = False, adapt_steps: int = 0, adapt_lr: float = 0.1,
+                 seed: int = 0) -> None:
         if loss not in LOSSES:
             raise ThawError(f"loss must be one of {', '.join(LOSSES)}, not '{loss}'")
+        if n_negatives < 1 or adapt_steps < 0 or adapt_lr < 0:
+            raise ThawError("n_negatives must be at least 1, adapt_steps and adapt_lr at least 0")
         self.dim, self.max_len, self.dropout, self.epochs = dim, max_len, dropout, epochs
         self.batch_size, self.lr, self.l2, self.patience, self.seed = batch_size, lr, l2, patience, seed
-        self.loss, self.item_features = loss, item_features
+        self.loss, self.n_negatives, self.item_features = loss, n_negatives, item_features
+        self.side_features, self.adapt_steps, self.adapt_lr = side_features, adapt_steps, adapt_lr
 
     def encoder(self) -> nn.Module:
         raise NotImplementedError
@@ -132,6 +163,7 @@ class SequentialRecommender(Recommender):
         self.n_items = data.n_items
         self.start_token = data.n_items + 1
         inputs, targets, owners, seen_keys, train_items = self._windows(data)
+        self.item_side = self._side_matrix(data) if self.side_features else None
         self._rebuild()
         with torch.no_grad():  # small embeddings; untrained items (and padding) stay at zero
             self.net.items.weight.normal_(0.0, 1.0 / math.sqrt(self.dim))
@@ -140,6 +172,8 @@ class SequentialRecommender(Recommender):
             trained[self.start_token] = True
             self.net.items.weight[torch.as_tensor(~trained)] = 0.0
         self.known = trained[1:data.n_items + 1]
+        if self.item_side is not None:  # an item with genres or a year is represented by them
+            self.known = self.known | self.item_side[1:data.n_items + 1].any(axis=1)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.l2)
         inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
         real = targets_t > 0
@@ -150,9 +184,16 @@ class SequentialRecommender(Recommender):
         classes = torch.as_tensor(train_items + 1)
         column = torch.full((data.n_items + 2,), -1, dtype=torch.int64)
         column[classes] = torch.arange(len(classes))
+        # "sampled": negatives drawn by how often each trained item is a target; log q corrects.
+        counts = torch.bincount(targets_t[real], minlength=data.n_items + 2)[classes].double()
+        log_q = torch.log(counts / counts.sum()).float()
+        draws = torch.Generator().manual_seed(self.seed)
 
         def batch_loss(states: Tensor, target_tokens: Tensor, negative_tokens: Tensor | None) -> Tensor:
-            weights = self.net.items.weight
+            weights = self.net.table()
+            if self.loss == "sampled":
+                return sampled_softmax(states, weights, classes, column[target_tokens], log_q,
+                                       self.n_negatives, draws)
             if negative_tokens is None:  # "ce": the true next item against every trained item
                 return nn.functional.cross_entropy(states @ weights[classes].T, column[target_tokens])
             pos = (states * weights[target_tokens]).sum(-1)
@@ -185,7 +226,7 @@ class SequentialRecommender(Recommender):
 
         self.history = train_epochs(self, validate, epochs=self.epochs, patience=self.patience,
                                     train_epoch=train_epoch, net=self.net)
-        if self.item_features:
+        if self.item_features and self.item_side is None:
             self._embed_from_features(data, train_items)
         self.net.eval()
         self._scorer = None
@@ -212,11 +253,21 @@ class SequentialRecommender(Recommender):
             weights[torch.as_tensor(new + 1)] = torch.as_tensor(design[new] @ coef, dtype=weights.dtype)
         self.known = self.known | described
 
+    @staticmethod
+    def _side_matrix(data: Dataset) -> np.ndarray:
+        """(n_items + 2, features): each token's genres and release-year bucket (one-hot),
+        zero rows for padding and the start token."""
+        space = FeatureSpace(data)
+        years = np.eye(space.n_years, dtype=np.float32)[space.item_year][:, 1:]  # code 0: unknown
+        side = np.zeros((data.n_items + 2, space.item_genres.shape[1] + years.shape[1]), dtype=np.float32)
+        side[1:data.n_items + 1] = np.hstack([space.item_genres, years])
+        return side
+
     def _rebuild(self) -> None:
         """The network, freshly initialised, for ``n_items`` items."""
         if getattr(self, "n_items", None) is None:  # never fitted
             return
-        self.net = _SequenceNet(self.n_items + 2, self.dim, self.encoder())
+        self.net = _SequenceNet(self.n_items + 2, self.dim, self.encoder(), getattr(self, "item_side", None))
 
     def _windows(self, data: Dataset) -> tuple[np.ndarray, ...]:
         """Training windows from every warm user's chronological sequence.
@@ -269,12 +320,42 @@ class SequentialRecommender(Recommender):
         net = self._scoring_net()
         with torch.no_grad():
             tokens = torch.as_tensor(np.stack([self._tokens(c) for c in contexts]))
-            last = torch.as_tensor([min(len(c.history), self.max_len - 1) for c in contexts])
-            return net(tokens)[torch.arange(len(contexts)), last].numpy().astype(np.float64)
+            last = np.asarray([min(len(c.history), self.max_len - 1) for c in contexts])
+            states = net(tokens).numpy().astype(np.float64)
+        final = states[np.arange(len(contexts)), last]
+        if getattr(self, "adapt_steps", 0) and last.max() > 0:
+            table = net.table().detach().numpy()
+            for row, (n, seq) in enumerate(zip(last, tokens.numpy(), strict=True)):
+                if n:
+                    final[row] += self._support_offset(states[row, :n], seq[1:n + 1], table)
+        return final
+
+    def _support_offset(self, states: np.ndarray, targets: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """The offset to a user's state that ``adapt_steps`` gradient steps on the support's
+        own next-item softmax (over the items the model knows) reach from zero.
+
+        ``states[t]`` is the encoder's state before support item ``targets[t]``; the softmax's
+        gradient in a shared offset is the mean over t of (p_t - onehot_t) @ table."""
+        known = np.flatnonzero(self.known) + 1
+        usable = self.known[targets - 1]  # a support item the model knows nothing of teaches nothing
+        states, targets = states[usable], targets[usable]
+        if not len(targets):
+            return np.zeros(table.shape[1])
+        weights = table[known]
+        column = np.searchsorted(known, targets)
+        logits_base = states @ weights.T
+        offset = np.zeros(states.shape[1])
+        for _ in range(self.adapt_steps):
+            logits = logits_base + weights @ offset
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(targets)), column] -= 1.0
+            offset -= self.adapt_lr * (p @ weights).mean(axis=0)
+        return offset
 
     def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
-        """Float64 scores of one chunk: each item's embedding against the user's state."""
-        table = self._scoring_net().items.weight.detach().numpy()
+        """Float64 scores of one chunk: each item's representation against the user's state."""
+        table = self._scoring_net().table().detach().numpy()
         return [table[np.asarray(i, dtype=np.int64) + 1] @ s
                 for s, i in zip(self.user_states(contexts), items, strict=True)]
 
@@ -285,6 +366,19 @@ class SequentialRecommender(Recommender):
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self.score_many([ctx], [items])[0]
+
+
+def sampled_softmax(states: Tensor, table: Tensor, classes: Tensor, target_columns: Tensor, log_q: Tensor,
+                    n_negatives: int, generator: torch.Generator) -> Tensor:
+    """Cross-entropy of each true next item against ``n_negatives`` classes drawn by
+    exp(log_q), every logit minus its log_q (the logQ correction); a drawn negative that is a
+    row's own target is masked out of that row."""
+    drawn = torch.multinomial(log_q.exp(), n_negatives, replacement=True, generator=generator)
+    pos = (states * table[classes[target_columns]]).sum(-1, keepdim=True) - log_q[target_columns, None]
+    neg = states @ table[classes[drawn]].T - log_q[drawn]
+    neg = neg.masked_fill(drawn[None, :] == target_columns[:, None], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)
+    return nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.int64))
 
 
 class SASRec(SequentialRecommender):
