@@ -1,6 +1,6 @@
 """Cold & Warm Net against the matching models it is compared with and thaw's own models.
 
-    .venv/bin/python benchmarks/coldwarm.py [--dataset ml-100k] [--seed 0] [--quick]
+    .venv/bin/python benchmarks/coldwarm.py [--dataset ml-100k] [--seed 0] [--quick] [--models a,b]
 
 One new-user split; every model fitted once on its training users (validation users only for
 early stopping), then scored three ways:
@@ -39,11 +39,17 @@ BASELINES = ("dssm", "youtubednn", "fm")
 PAPER_GROUPS = {"cold-start": (0, 2, 5), "warm-up": (10, 20), "active": (40,)}
 
 
-def models(seed: int, quick: bool) -> dict:
+def models(seed: int, quick: bool, only: list[str] | None = None) -> dict:
+    """Every model of the comparison, or those named in ``only`` (coldwarm is always kept)."""
     thaw = [n for n in THAW if not (quick and n in ("sasrec", "melu"))]
     out = {n: make_model(n, seed=seed) for n in thaw}
     for cls in (ColdWarmNet, ColdWarmNoGate, ColdWarmNoDKD, ColdWarmNoBias, ColdWarmColdOnly, DSSM, YouTubeDNN, FM):
         out[cls.name] = cls(seed=seed)
+    if only:
+        unknown = sorted(set(only) - set(out))
+        if unknown:
+            raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(out)}")
+        out = {n: m for n, m in out.items() if n in only or n == "coldwarm"}
     return out
 
 
@@ -80,13 +86,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="leave out sasrec and melu")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=None,
+                        help="comma-separated subset to run (coldwarm always runs: every test is against it)")
     args = parser.parse_args()
     start = time.perf_counter()
     split = make_split(load_dataset(args.dataset), "new-user", seed=args.seed)
     print(split.describe())
-    fitted = models(args.seed, args.quick)
+    fitted = models(args.seed, args.quick, args.models)
     names = list(fitted)
-    versus = [*ABLATIONS, *BASELINES, *(n for n in ("pop", "mf", "sasrec", "melu") if n in fitted)]
+    versus = [n for n in (*ABLATIONS, *BASELINES, "pop", "mf", "sasrec", "melu") if n in fitted]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateResultWarning)
         sampled = evaluate(fitted, split, protocol="next-item", ks=(0, 1, 3, 5, 10), seed=args.seed,
