@@ -131,6 +131,45 @@ def test_mf_serves_warm_users_from_their_trained_factors():
     assert model.predict(ctx, items).shape == (30,)
 
 
+def test_fold_prior_pulls_a_cold_user_toward_the_no_history_answer_and_fades_with_history():
+    data = make_synthetic(n_users=60, n_items=40, seed=2)
+    free = make_model("mf", iterations=3).fit(data)
+    pulled = make_model("mf", iterations=3, fold_prior=30.0).fit(data)
+    empty = Context(user=None)
+    assert np.array_equal(free.score(empty, np.arange(40)), pulled.score(empty, np.arange(40)))
+    gaps = {}
+    for n in (1, 30):
+        ctx = Context(user=None, history=history(np.arange(n), np.full(n, 5.0)))
+        plain = implicit_fold_in(free.item_factors, free.gram, ctx.history.item, free.alpha, free.implicit_reg)
+        assert np.allclose(free.user_vector(ctx.history, "next-item"), plain)
+        pulled_vector = pulled.user_vector(ctx.history, "next-item")
+        # The pull is the prior term of the fold-in's normal equations, toward the average user.
+        assert np.allclose(pulled_vector, implicit_fold_in(free.item_factors, free.gram, ctx.history.item,
+                                                           free.alpha, free.implicit_reg, free.mean_user, 30.0))
+        gaps[n] = np.linalg.norm(pulled_vector - plain) / np.linalg.norm(plain)
+        rating_gap = np.abs(pulled.predict(ctx, np.arange(40)) - free.predict(ctx, np.arange(40))).mean()
+        ratings_k0 = np.abs(pulled.predict(ctx, np.arange(40)) - free.predict(empty, np.arange(40))).mean()
+        assert ratings_k0 < np.abs(free.predict(ctx, np.arange(40)) - free.predict(empty, np.arange(40))).mean()
+        assert rating_gap > 0
+    assert gaps[30] < gaps[1]
+
+
+def test_fold_prior_is_chosen_on_validation_users_from_its_grid():
+    split = make_split(make_synthetic(n_users=240, n_items=80, seed=3), "new-user", seed=0)
+    from thaw.eval.protocol import SplitValidator
+
+    model = make_model("mf", iterations=3, grid=(0.1,), fold_priors=(0.0, 10.0, 1e6))
+    model.set_task("next-item")
+    validate = SplitValidator(split, "next-item", (1, 3))
+    model.fit(split.train, validate)
+    assert model.fold_prior in (0.0, 10.0, 1e6)
+    chosen = validate(model)
+    for weight in (0.0, 10.0, 1e6):
+        model.fold_prior = weight
+        assert validate(model) <= chosen
+    assert make_model("mf", iterations=3).fit(split.train).fold_prior == 0.0  # no validator: as given
+
+
 def test_batched_als_steps_match_the_per_user_fold_in():
     """Training solves all users at once; serving folds one in: the two must agree."""
     import scipy.sparse as sp

@@ -128,24 +128,41 @@ def _explicit_als(user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_user
 class MatrixFactorization(Recommender):
     """ALS matrix factorisation with closed-form fold-in of cold users.
 
-    With a validator, the regularisation is chosen from ``grid`` on validation users.
+    A cold user's fold-in is pulled toward the answer for no history (the average training
+    user for ranking, zero offsets from the item means for ratings) with weight
+    ``fold_prior``: without it one support item moves the user far from where the K = 0
+    answer was (on ML-1M, NDCG@10 fell from 0.455 at K = 0 to 0.195 at K = 1), and the pull
+    fades as the support grows. With a validator, the regularisation is chosen from ``grid``
+    and then ``fold_prior`` from ``fold_priors`` on validation users (without one, both stay
+    as given).
     """
 
     name = "mf"
     predicts_ratings = True
 
     def __init__(self, dim: int = 32, reg: float = 0.1, alpha: float = 10.0, iterations: int = 10,
-                 grid: tuple[float, ...] = (0.03, 0.1, 0.3), seed: int = 0) -> None:
+                 grid: tuple[float, ...] = (0.03, 0.1, 0.3), fold_prior: float = 0.0,
+                 fold_priors: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), seed: int = 0) -> None:
         self.dim, self.reg, self.alpha, self.iterations = dim, reg, alpha, iterations
-        self.grid, self.seed = grid, seed
+        self.grid, self.fold_prior, self.fold_priors, self.seed = grid, fold_prior, fold_priors, seed
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         validate = usable_validator(validate)
-        if validate is None or len(self.grid) < 2:
+        if validate is None:
             return self._fit(data, self.reg)
-        best = max(self.grid, key=lambda reg: validation_score(validate, self._fit(data, reg),
-                                                               f"with reg {reg}"))
-        return self._fit(data, best)
+        if len(self.grid) < 2:
+            self._fit(data, self.reg)
+        else:
+            best = max(self.grid, key=lambda reg: validation_score(validate, self._fit(data, reg),
+                                                                   f"with reg {reg}"))
+            self._fit(data, best)
+        if len(self.fold_priors) >= 2:  # no refit: the pull acts at fold-in time only
+            scores = {}
+            for weight in self.fold_priors:
+                self.fold_prior = weight
+                scores[weight] = validation_score(validate, self, f"with fold prior {weight}")
+            self.fold_prior = max(scores, key=scores.get)
+        return self
 
     def _fit(self, data: Dataset, reg: float) -> Self:
         self.reg = reg
@@ -175,7 +192,11 @@ class MatrixFactorization(Recommender):
         factor ("next-item"), or the explicit factor with the user's bias appended ("rating").
         ``prior`` is a guess of that vector from elsewhere (what cross-domain transfer hands
         in, see thaw/transfer); without history or prior a next-item user is the average
-        training user, a rating user the item means."""
+        training user, a rating user the item means. Without a ``prior``, a user with history is
+        pulled toward that no-history answer by ``fold_prior``."""
+        if prior is None and len(history) and getattr(self, "fold_prior", 0.0):
+            prior = np.zeros(self.dim + 1) if task == "rating" else self.mean_user
+            prior_weight = self.fold_prior
         if task == "rating":
             e = self.explicit
             residuals = history.rating - e["mean"] - e["item_bias"][history.item]
