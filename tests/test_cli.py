@@ -125,6 +125,10 @@ def test_fit_recommend_and_explain_a_stack(ratings_csv, tmp_path):
                 "--model", "stack", "--members", "pop,content,mf", "--out", str(model_dir))
     assert done.returncode == 0, done.stderr
     assert "band" in done.stdout and (model_dir / "model.json").is_file()
+    # Every user's interactions go with the model (validation users' too, for `thaw retrain`).
+    from thaw.models.persist import load
+
+    assert len(load(model_dir).dataset.interactions) == len(pd.read_csv(ratings_csv))
     explained = thaw("stack", "explain", str(model_dir))
     assert explained.returncode == 0, explained.stderr
     assert explained.stdout.strip() in done.stdout

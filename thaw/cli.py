@@ -565,8 +565,11 @@ def fit(
                            **({"members": list(made.values())} if name == "stack" else {}))
     the_model.set_task(protocol)
     the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
-    # The data set it was fitted on goes with it, so ids and titles resolve after loading.
-    the_model.dataset = the_split.train
+    # The data set goes with it, so ids and titles resolve after loading and `thaw retrain`
+    # starts from every user's interactions: the validation users' too (they chose settings
+    # and were never trained on; dropping them would lose them at the first retrain). A
+    # cross-domain split keeps its training side, which carries the source domain.
+    the_model.dataset = the_split.train if two_domains else data
     path = the_model.save(out)
     if name == "stack":
         typer.echo(the_model.explain())

@@ -2,7 +2,7 @@
 new user's first click to a model trained on it runs end to end.
 
 The new training data is the saved model's own (``model.dataset``: for a model from ``thaw
-fit``, its training users' interactions; validation users' are not saved) plus every event in the
+fit``, every user's interactions, validation users' included) plus every event in the
 store, over the model's items plus the items created through the API (their features and
 text as stored) and every user the store knows (profiles as stored). The model is refitted
 as ``thaw fit`` fits it: the same kind with the same settings (the saved instance is fitted
