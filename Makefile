@@ -59,9 +59,11 @@ bench: setup peers
 	$(PY) benchmarks/full_ranking.py
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 	$(PY) benchmarks/seq_objectives.py compare
+	$(PY) benchmarks/seq_objectives.py beyond
 	$(PY) benchmarks/quality_fixes.py
 	$(PY) benchmarks/coldwarm.py
 	$(PY) benchmarks/coldwarm.py --dataset ml-1m --quick
+	$(PY) benchmarks/coldwarm.py --dataset ml-1m --models random,pop,mf,sasrec,melu
 	$(PY) benchmarks/retrieval.py
 	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
 	$(PY) benchmarks/serve.py --model $(MODEL)
