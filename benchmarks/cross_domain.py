@@ -15,7 +15,8 @@ drawn apart from test users, every model selected on them only):
 It prints each view's table, PTUPCDR's gain over EMCDR, where transfer stops paying (the
 smallest K at which no transfer model is significantly better than tgt), the negative-
 transfer alarms, and fit times. ``--control`` adds the first pair at the first beta with its
-source histories permuted across users: the alarm must trip there.
+source histories permuted across users: the alarm must trip there. At the end it prints the
+whole run again as the Markdown tables of BENCHMARKS.md section 11.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from thaw.transfer import cross_domain_split, load_cross_domain, permuted_source
 from thaw.transfer.evaluate import BASELINE, HEADLINES, TRANSFER_MODELS, NegativeTransferWarning, evaluate_transfer
 
 ORDER = ("random", "pop", "segment-pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")
+SUMMARY_MODELS = ("random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")  # K-stratified rows
 
 
 def table(result, metric: str) -> pd.DataFrame:
@@ -76,8 +78,10 @@ def report(name: str, result, protocol: str, seconds: float) -> None:
         print(result.meta["stacks"]["stack"]["explain"])
 
 
-def run(pair, beta: float, protocol: str, seed: int, label: str) -> None:
+def run(pair, beta: float, protocol: str, seed: int, label: str) -> list[dict]:
+    """Both views of one split, reported as they finish; returned for the summary."""
     split = cross_domain_split(pair, beta, seed=seed)
+    done = []
     for view, ks in (("paper view", (0,)), ("K-stratified", (0, 1, 3, 5, 10))):
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -85,7 +89,66 @@ def run(pair, beta: float, protocol: str, seed: int, label: str) -> None:
             warnings.simplefilter("ignore", NegativeTransferWarning)  # reported below
             result = evaluate_transfer(split, protocol=protocol, ks=ks, seed=seed, progress=False,
                                        n_bootstrap=200, stack=view == "K-stratified")
-        report(f"{label} beta={beta:g}, {view}", result, protocol, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        report(f"{label} beta={beta:g}, {view}", result, protocol, seconds)
+        done.append({"label": label, "beta": beta, "view": view, "protocol": protocol,
+                     "result": result, "seconds": seconds})
+    return done
+
+
+def summary(runs: list[dict]) -> str:
+    """The run as BENCHMARKS.md section 11's tables: each view x protocol, then the alarms and
+    the fit times."""
+    lines = []
+    for view in ("paper view", "K-stratified"):
+        for protocol in ("rating", "next-item"):
+            chosen = [r for r in runs if r["view"] == view and r["protocol"] == protocol]
+            if not chosen:
+                continue
+            head = HEADLINES[protocol][0]
+            name = "MAE" if head == "mae" else "NDCG@10"
+            if view == "paper view":
+                lines += [f"\n**Paper view, {protocol}: {name} at K = 0** (every cold test user)\n",
+                          "| pair | β | test users | random | pop | tgt | cmf | emcdr | ptupcdr | "
+                          "ptupcdr vs emcdr (paired p) |" + (" RMSE pop / tgt / cmf / emcdr / ptupcdr |"
+                                                             if protocol == "rating" else ""),
+                          "|---" * (11 if protocol == "rating" else 10) + "|"]
+                for r in chosen:
+                    wide = table(r["result"], head)[0]
+                    e, p = wide["emcdr"], wide["ptupcdr"]
+                    gain = (e - p) / e if head == "mae" else (p - e) / e
+                    test = compare(r["result"].per_user[r["result"].per_user.metric == head], [("ptupcdr", "emcdr")])
+                    cells = [f"{wide[m]:.4f}" for m in ("random", "pop", "tgt", "cmf", "emcdr", "ptupcdr")]
+                    row = (f"| {r['label']} | {r['beta']:g} | {r['result'].meta['test_users']} | "
+                           + " | ".join(cells) + f" | {gain:+.1%} better (p={test.p_value.iloc[0]:.2g}) |")
+                    if protocol == "rating":
+                        rmse = table(r["result"], "rmse")[0]
+                        row += " " + " / ".join(f"{rmse[m]:.4f}" for m in ("pop", "tgt", "cmf", "emcdr",
+                                                                               "ptupcdr")) + " |"
+                    lines.append(row)
+            else:
+                lines += [f"\n**K-stratified, {protocol}: {name} by K** (test users with more than 10 "
+                          "target interactions)\n",
+                          "| pair, β (users) | model | K=0 | 1 | 3 | 5 | 10 |", "|---|---|---|---|---|---|---|"]
+                for r in chosen:
+                    wide = table(r["result"], head)
+                    first = f"{r['label']}, β={r['beta']:g} ({r['result'].meta['test_users']})"
+                    for i, m in enumerate(m for m in SUMMARY_MODELS if m in wide.index):
+                        lines.append(f"| {first if i == 0 else ''} | {m} | "
+                                     + " | ".join(f"{v:.4f}" for v in wide.loc[m]) + " |")
+    lines.append("\n**Negative-transfer alarms** (transfer model significantly worse than tgt; Holm "
+                 "within K x metric)\n")
+    for r in runs:
+        alarms = r["result"].meta["negative_transfer"]
+        text = "; ".join(f"{a['model_a']} worse than tgt at K={a['K']} on {a['metric']} ({a['diff']:+.4f}, "
+                         f"Holm p={a['p_holm']:.2g})" for a in alarms) or "none"
+        lines.append(f"- {r['label']} β={r['beta']:g}, {r['view']}, {r['protocol']}: {text}")
+    lines.append("\n**Fit seconds** (one run each)\n")
+    for r in runs:
+        t = r["result"].timings
+        lines.append(f"- {r['label']} β={r['beta']:g} {r['view']} {r['protocol']} ({r['seconds']:.0f} s in "
+                     "all): " + ", ".join(f"{m} {s:.1f}" for m, s in zip(t.model, t.fit_seconds, strict=True)))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -98,16 +161,19 @@ def main() -> None:
     args = parser.parse_args()
     betas = [float(b) for b in args.betas.split(",")]
     names = args.pairs.split(",")
+    runs = []
     for name in names:
         pair = load_cross_domain(name)
         print(pair.summary())
         for beta in betas:
             for protocol in args.protocols.split(","):
-                run(pair, beta, protocol, args.seed, name)
+                runs += run(pair, beta, protocol, args.seed, name)
     if args.control:
         control = permuted_source(load_cross_domain(names[0]), seed=args.seed)
         for protocol in args.protocols.split(","):
-            run(control, betas[0], protocol, args.seed, control.name)
+            runs += run(control, betas[0], protocol, args.seed, control.name)
+    print("\n=== summary (BENCHMARKS.md section 11) ===")
+    print(summary(runs))
 
 
 if __name__ == "__main__":
