@@ -134,7 +134,8 @@ class MatrixFactorization(Recommender):
     answer was (on ML-1M, NDCG@10 fell from 0.455 at K = 0 to 0.195 at K = 1), and the pull
     fades as the support grows. With a validator, the regularisation is chosen from ``grid``
     and then ``fold_prior`` from ``fold_priors`` on validation users (without one, both stay
-    as given).
+    as given). The weight is one for both tasks, chosen on the validator's: a model fitted for
+    ranking and asked for ratings pulls with the ranking weight.
     """
 
     name = "mf"
