@@ -90,6 +90,12 @@ def grid(args: argparse.Namespace) -> None:
                   f"{curve[best]:.4f} ({best + 1}) |", flush=True)
 
 
+def _validation_ndcg(model, validate: SplitValidator, ks) -> dict[int, float]:
+    rows, _ = score_episodes(model, validate.episodes, "next-item")
+    return {k: float(np.mean([r["ndcg@10"] for r, e in zip(rows, validate.episodes, strict=True) if e.k == k]))
+            for k in ks}
+
+
 def compare(args: argparse.Namespace) -> None:
     split = _split(args.seed)
     models = {"random": make_model("random"), "pop": make_model("pop")}
@@ -113,9 +119,7 @@ def compare(args: argparse.Namespace) -> None:
           + " | test NDCG@10 " + " / ".join(f"K={k}" for k in ks) + " |")
     print("|---|---|---|---|---|")
     for name, model in models.items():
-        rows, _ = score_episodes(model, validate.episodes, "next-item")
-        by_k = {k: np.mean([r["ndcg@10"] for r, e in zip(rows, validate.episodes, strict=True) if e.k == k])
-                for k in ks}
+        by_k = _validation_ndcg(model, validate, ks)
         history = getattr(model, "history", None)
         epochs = "" if not history else \
             f"{len(history)} ({int(np.argmax([h['validation'] for h in history])) + 1})"
@@ -129,17 +133,11 @@ def compare(args: argparse.Namespace) -> None:
         print(f"  K={r.K}: {r.model_a} vs {r.model_b}: diff {r.diff:+.3f}, p={r.p_value:.3g} (Holm {r.p_holm:.3g})")
 
 
-def _validation_ndcg(model, validate: SplitValidator, ks) -> dict[int, float]:
-    rows, _ = score_episodes(model, validate.episodes, "next-item")
-    return {k: float(np.mean([r["ndcg@10"] for r, e in zip(rows, validate.episodes, strict=True) if e.k == k]))
-            for k in ks}
-
-
 def beyond(args: argparse.Namespace) -> None:
     split = _split(args.seed)
     ks = DEFAULT_KS
     validate = SplitValidator(split, "next-item", ks)
-    fitted, fits, chosen = {}, {}, {}
+    fitted, fits = {}, {}
     for label, params in {"sasrec": {}, **BEYOND}.items():
         start = time.perf_counter()
         fitted[label] = make_model("sasrec", seed=args.seed, **params).fit(split.train, validate)
@@ -157,7 +155,6 @@ def beyond(args: argparse.Namespace) -> None:
         print(f"  lr {lr:<5} steps {steps:<3} mean {np.mean(list(by_k.values())):.4f}  "
               + " / ".join(f"{v:.3f}" for v in by_k.values()))
     best = max(grid, key=lambda c: np.mean(list(grid[c].values())))
-    chosen["sasrec adapted"] = best
     adapted = copy.deepcopy(plain)
     adapted.adapt_lr, adapted.adapt_steps = best
     fitted["sasrec adapted"], fits["sasrec adapted"] = adapted, fits["sasrec"]

@@ -24,7 +24,7 @@ from torch.func import vmap
 from thaw.data.schema import Dataset
 from thaw.meta.maml import Params
 from thaw.meta.melu import FeatureMetaLearner
-from thaw.models.base import Context, Validator, usable_validator, validation_score
+from thaw.models.base import Context, Validator, choose_on_validation, usable_validator
 from thaw.models.neural import TaskBatch, Trainer, pad_and_stack
 
 
@@ -201,12 +201,8 @@ class SoftHML(HML):
         super().fit(data, validate)
         validate = usable_validator(validate)
         if validate is not None and len(self.temperature_grid) > 1 and self.n_inits > 1:
-            scores = {}
-            for t in self.temperature_grid:
-                self.temperature = t
-                scores[t] = validation_score(validate, self, f"with temperature {t}")
-            self.temperature = max(scores, key=scores.get)
-            self.temperature_scores = scores
+            self.temperature_scores = choose_on_validation(self, validate, "temperature",
+                                                           self.temperature_grid, "temperature")
         return self
 
     def _train_step(self, trainer: Trainer, batch: TaskBatch) -> float:

@@ -82,6 +82,19 @@ def validation_score(validate: Validator, model: Recommender, when: str) -> floa
     return value
 
 
+def choose_on_validation(model: Recommender, validate: Validator, attr: str, grid: Sequence[Any],
+                         what: str) -> dict[Any, float]:
+    """Set ``model.<attr>`` to each value of ``grid`` in turn, score it on validation users,
+    and leave the best there (the first on ties): the one search of every setting that acts
+    at score time, so no refit. Returns every value's score."""
+    scores = {}
+    for value in grid:
+        setattr(model, attr, value)
+        scores[value] = validation_score(validate, model, f"with {what} {value}")
+    setattr(model, attr, max(scores, key=scores.get))
+    return scores
+
+
 class Recommender:
     """Base class: subclasses implement ``fit`` and ``score``, and ``predict`` if they can.
 

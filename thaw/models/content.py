@@ -35,7 +35,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from thaw.data.features import FeatureSpace, item_documents
 from thaw.data.schema import Dataset
 from thaw.errors import ThawError
-from thaw.models.base import Context, Recommender, Validator, usable_validator, validation_score
+from thaw.models.base import Context, Recommender, Validator, choose_on_validation, usable_validator
 from thaw.models.baselines import shrunk_means
 
 ENCODERS = ("tfidf", "minilm")
@@ -326,12 +326,8 @@ class ContentKNN(Recommender):
                                           shape=(data.n_users, data.n_items))
         validate = usable_validator(validate)
         if validate is not None and self.protocol != "rating" and len(self.popularity_grid) > 1:
-            self.popularity_weight = max(self.popularity_grid, key=lambda w: self._validate_weight(validate, w))
+            choose_on_validation(self, validate, "popularity_weight", self.popularity_grid, "popularity weight")
         return self
-
-    def _validate_weight(self, validate: Validator, weight: float) -> float:
-        self.popularity_weight = weight
-        return validation_score(validate, self, f"with popularity weight {weight}")
 
     def _support(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         """Items and ratings a user is scored from: their training interactions when they are

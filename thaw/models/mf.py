@@ -20,7 +20,8 @@ import torch
 
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset, Interactions
-from thaw.models.base import Context, EarlyStopping, Recommender, Validator, usable_validator, validation_score
+from thaw.models.base import (Context, EarlyStopping, Recommender, Validator, choose_on_validation,
+                              usable_validator, validation_score)
 
 
 def implicit_fold_in(item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray,
@@ -158,11 +159,7 @@ class MatrixFactorization(Recommender):
                                                                    f"with reg {reg}"))
             self._fit(data, best)
         if len(self.fold_priors) >= 2:  # no refit: the pull acts at fold-in time only
-            scores = {}
-            for weight in self.fold_priors:
-                self.fold_prior = weight
-                scores[weight] = validation_score(validate, self, f"with fold prior {weight}")
-            self.fold_prior = max(scores, key=scores.get)
+            choose_on_validation(self, validate, "fold_prior", self.fold_priors, "fold prior")
         return self
 
     def _fit(self, data: Dataset, reg: float) -> Self:
@@ -311,12 +308,7 @@ class BPR(Recommender):
         self.known_users[data.interactions.user] = True
 
     def _tune_fold_scale(self, validate: Validator) -> float:
-        scores = {}
-        for scale in self.fold_scales:
-            self.fold_scale = scale
-            scores[scale] = validation_score(validate, self, f"with fold scale {scale}")
-        self.fold_scale = max(scores, key=scores.get)
-        return scores[self.fold_scale]
+        return choose_on_validation(self, validate, "fold_scale", self.fold_scales, "fold scale")[self.fold_scale]
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         if ctx.user is not None and self.known_users[ctx.user]:

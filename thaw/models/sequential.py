@@ -321,9 +321,10 @@ class SequentialRecommender(Recommender):
         with torch.no_grad():
             tokens = torch.as_tensor(np.stack([self._tokens(c) for c in contexts]))
             last = np.asarray([min(len(c.history), self.max_len - 1) for c in contexts])
-            states = net(tokens).numpy().astype(np.float64)
-        final = states[np.arange(len(contexts)), last]
-        if getattr(self, "adapt_steps", 0) and last.max() > 0:
+            out = net(tokens)
+        final = out[np.arange(len(contexts)), last].numpy().astype(np.float64)
+        if getattr(self, "adapt_steps", 0) and last.max() > 0:  # every position's state, then
+            states = out.numpy().astype(np.float64)
             table = net.table().detach().numpy()
             for row, (n, seq) in enumerate(zip(last, tokens.numpy(), strict=True)):
                 if n:

@@ -20,7 +20,7 @@ import torch
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
 from thaw.errors import ThawError
-from thaw.models.base import Context, Recommender, Validator, train_epochs, usable_validator, validation_score
+from thaw.models.base import Context, Recommender, Validator, choose_on_validation, train_epochs, usable_validator
 from thaw.models.mf import MatrixFactorization
 
 TASKS = ("next-item", "rating")
@@ -75,11 +75,7 @@ class TransferModel(Recommender):
             self._fit_map(task, x, y, users, [source_hist[u] for u in users],
                           [target_hist[u] for u in users], validate if task == self.task else None)
         if validate is not None and len(self.prior_grid) > 1:
-            values = {}
-            for weight in self.prior_grid:
-                self.prior_weight = weight
-                values[weight] = validation_score(validate, self, f"with prior weight {weight}")
-            self.prior_weight = max(values, key=values.get)
+            choose_on_validation(self, validate, "prior_weight", self.prior_grid, "prior weight")
         return self
 
     def _fit_map(self, task: str, x: np.ndarray, y: np.ndarray, users: np.ndarray,
