@@ -452,3 +452,50 @@ def test_leftovers_of_a_killed_write_are_cleared_by_the_next(tmp_path):
     (tmp_path / ".other.partial-1").mkdir()
     report._remove_leftovers(tmp_path / "results")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial-1", f".results.old-{os.getppid()}"]
+
+
+# --- issue 25: what the second careless trial found -----------------------------------------------
+
+def test_a_param_the_validation_grid_would_choose_is_honoured_and_recorded(thaw_main, ratings_csv, tmp_path):
+    from thaw.data.splits import make_split
+    from thaw.eval.protocol import SplitValidator
+
+    split = make_split(make_synthetic(n_users=60, n_items=30, seed=1), "new-user", seed=0)
+    params = cli._parse_params(["mf.reg=100", "mf.iterations=2"])
+    model = cli._make_models(["mf"], 0, params)["mf"]
+    model.fit(split.train, validate=SplitValidator(split, "next-item"))
+    assert model.reg == 100 and model.fold_prior in model.fold_priors  # only what was given is fixed
+    code, _, err = thaw_main(*base_args(ratings_csv, tmp_path / "o", "--param", "mf.reg=100,mf.iterations=2",
+                                        models="pop,mf"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["params"]["mf"] == {
+        "reg": 100, "grid": [100], "iterations": 2}
+    with pytest.raises(errors.ThawError, match="mf.reg and mf.grid both given"):
+        cli._parse_params(["mf.reg=100", "mf.grid=0.1,0.3"])
+    assert cli._parse_params(["mf.grid=0.5"])["mf"]["reg"] == 0.5  # a grid of one is that value
+    with pytest.warns(UserWarning, match="bias.reg_item is not chosen on validation users either"):
+        cli._parse_params(["bias.reg_user=5"])
+
+
+@pytest.mark.parametrize("param, message", [
+    ("mf.reg=nan", "--param mf.reg: nan is not a number"),
+    ("mf.reg=-1", "--param mf.reg: -1 is negative"),
+    ("mf.reg=inf", "--param mf.reg: inf is not a finite number"),
+    ("mf.grid=0.1,nan", "--param mf.grid: nan is not a number"),
+    ("mf.dim=0", "--param mf.dim: 0 must be at least 1"),
+    ("mf.dim=-5", "--param mf.dim: -5 is negative"),
+    ("mf.iterations=0", "--param mf.iterations: 0 must be at least 1"),
+    ("melu.hidden=32,0", "--param melu.hidden: 0 must be at least 1"),
+])
+def test_a_param_no_model_can_use_is_an_error_before_any_work(thaw_main, tmp_path, param, message):
+    code, _, err = thaw_main("evaluate", "--dataset", tmp_path / "nowhere.csv", "--out", tmp_path / "o",
+                             "--models", "mf,melu", "--param", param)
+    assert code == 2 and message in err and "nowhere.csv" not in err and "Traceback" not in err, err
+    if param.startswith("mf."):
+        code, _, err = thaw_main("fit", "--model", "mf", "--dataset", tmp_path / "nowhere.csv", "--out",
+                                 tmp_path / "m", "--param", param)
+        assert code == 2 and message in err and "nowhere.csv" not in err, err
+
+
+def test_infinity_is_a_param_value_where_the_model_itself_uses_it():
+    assert cli._parse_params(["hml-soft.temperature=inf"])["hml-soft"]["temperature_grid"] == (float("inf"),)

@@ -186,7 +186,68 @@ def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
             raise ThawError("--param cannot set the stack's members: they are the other models of "
                             "--models (evaluate, run) or --members (fit)")
         params.setdefault(model, {})[name] = parse_param(model, name, value)
+    for model, values in params.items():
+        _check_values(model, values)
+        _honour_chosen(model, values)
     return params
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in a parameter's value (one, or a tuple's), bools left out."""
+    return [v for v in (value if isinstance(value, tuple) else (value,))
+            if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def _check_values(model: str, values: Mapping[str, Any]) -> None:
+    """Numbers no model can use, refused before any work: NaN, a negative number, infinity
+    (except where the model's own defaults hold it: hml-soft's temperatures), and below 1 for
+    a setting that counts something (``Recommender.counts``)."""
+    import math
+
+    from thaw.registry import model_class, parameters
+
+    cls, defaults = model_class(model), parameters(model)
+    related = {name: {name, cls.chosen_from.get(name)} | {k for k, g in cls.chosen_from.items() if g == name}
+               for name in values}
+    for name, value in values.items():
+        for number in _numbers(value):
+            if math.isnan(number):
+                why = "is not a number"
+            elif number < 0:
+                why = "is negative; thaw's models take no negative settings"
+            elif math.isinf(number) and not any(math.isinf(d) for r in related[name] if r in defaults
+                                                for d in _numbers(defaults[r].default)):
+                why = "is not a finite number"
+            elif name in cls.counts and number < 1:
+                why = "must be at least 1 (it counts something the model cannot do without)"
+            else:
+                continue
+            raise ThawError(f"--param {model}.{name}: {number:g} {why}")
+
+
+def _honour_chosen(model: str, values: dict[str, Any]) -> None:
+    """A setting the model would choose on validation users (``Recommender.chosen_from``) is
+    fixed when given: its candidates become that value alone, so the run uses what was given
+    and results.json records it. A one-value grid given alone sets the setting; a setting given
+    beside other candidates would be replaced by one of them, which is an error."""
+    from thaw.registry import model_class, parameters
+
+    chosen_from, given = model_class(model).chosen_from, set(values)
+    for name, grid in chosen_from.items():
+        if name in given and grid not in values:
+            values[grid] = (values[name],)
+            fixed_too = [k for k, g in chosen_from.items() if g == grid and k != name and k not in values]
+            for other in fixed_too:
+                warnings.warn(f"--param {model}.{name} fixes {model}.{grid} to one value, so {model}.{other} "
+                              f"is not chosen on validation users either: it keeps "
+                              f"{parameters(model)[other].default:g} (set it with --param {model}.{other}=VALUE)",
+                              stacklevel=2)
+        elif name in given and grid in given and tuple(values[grid]) != (values[name],):
+            raise ThawError(f"--param {model}.{name} and {model}.{grid} both given: {name} is chosen from "
+                            f"{grid} on validation users, so the {name} given would not be used; give "
+                            f"{model}.{name} alone to fix it, or {model}.{grid} alone to choose from it")
+        elif name not in given and grid in given and len(values[grid]) == 1:
+            values[name] = values[grid][0]
 
 
 def _check_params(params: Mapping[str, Any], names: list[str]) -> None:

@@ -172,6 +172,7 @@ class SoftHML(HML):
     """
 
     name = "hml-soft"
+    chosen_from = {"temperature": "temperature_grid"}
     _transient = ("_coin",)  # the training split's random stream; not needed to score
 
     def __init__(self, temperature: float = 0.1,

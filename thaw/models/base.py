@@ -105,6 +105,19 @@ class Recommender:
     name: str = "recommender"
     """The model's name in thaw's registry (thaw/registry.py); every registered class sets its own."""
     predicts_ratings: bool = False
+    chosen_from: Mapping[str, str] = {}
+    """Settings that ``fit`` chooses on validation users, each with the constructor parameter
+    that holds its candidates (mf: ``{"reg": "grid"}``). Given a validator and two or more
+    candidates, the setting's own value is replaced by the best of them; with one candidate it
+    is kept. The command line reads this to honour a setting given alone (a one-value grid)."""
+    counts: frozenset[str] = frozenset({
+        "dim", "hidden", "text_dim", "attention_dim", "iterations", "epochs", "batch_size",
+        "check_every", "steps_per_epoch", "tasks_per_user", "neighbours", "n_inits", "n_folds",
+        "folds", "n_blocks", "n_heads", "n_groups", "max_len", "max_support", "max_query",
+        "max_history", "max_cut", "max_items", "max_blend", "targets"})
+    """Integer settings that count something the model cannot do without (a dimension, an
+    epoch, a layer), so they must be at least 1 wherever a model has them; every other number
+    a model takes may be 0 (and none may be negative or NaN)."""
     _transient: tuple[str, ...] = ()
     """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
 

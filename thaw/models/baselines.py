@@ -156,6 +156,7 @@ class Biases(Recommender):
 
     name = "bias"
     predicts_ratings = True
+    chosen_from = {"reg_user": "grid", "reg_item": "grid"}
 
     def __init__(self, reg_user: float = 10.0, reg_item: float = 10.0, iterations: int = 10,
                  grid: tuple[float, ...] = (1.0, 3.0, 10.0, 25.0)) -> None:

@@ -283,6 +283,7 @@ class ContentKNN(Recommender):
 
     name = "content"
     predicts_ratings = True
+    chosen_from = {"popularity_weight": "popularity_grid"}
 
     def __init__(self, prior: float = 1.0, tiebreak: bool = True, shrinkage: float = 5.0,
                  encoder: str = "tfidf", neighbours: int = 200, profile_popularity: float = 0.75,

@@ -141,6 +141,7 @@ class MatrixFactorization(Recommender):
 
     name = "mf"
     predicts_ratings = True
+    chosen_from = {"reg": "grid", "fold_prior": "fold_priors"}
 
     def __init__(self, dim: int = 32, reg: float = 0.1, alpha: float = 10.0, iterations: int = 10,
                  grid: tuple[float, ...] = (0.03, 0.1, 0.3), fold_prior: float = 0.0,
