@@ -390,3 +390,47 @@ def test_exploration_starts_from_the_stacks_scores(client, service):
 def test_a_source_history_needs_a_model_with_a_source_domain(client):
     out = client.post("/v1/recommendations", json={"source": [{"item": "b1", "rating": 5}]})
     assert out.status_code == 422 and "cross-domain pair" in out.json()["detail"][0]["msg"]
+
+
+def test_ratings_off_the_scale_or_not_finite_are_422s_that_render(client, store):
+    """Issue 25: NaN was a 500 (its 422 could not be rendered); 99 and 1e308 were stored."""
+    for rating in (99, 1e308, -3, 0):
+        response = client.post("/v1/events", json={"events": [{"event_id": "e", "user": "u", "item": "i1",
+                                                               "rating": rating}]})
+        assert response.status_code == 422, (rating, response.text)
+        assert response.json()["detail"][0]["loc"] == ["body", "events", 0, "rating"]
+        assert "outside the rating scale of the model's data set, 1 to 5" in response.text
+    for raw in (b"NaN", b"Infinity", b"-Infinity"):
+        for path, body in (("/v1/events", b'{"events": [{"event_id": "e", "user": "u", "item": "i1", "rating": %s}]}'),
+                           ("/v1/recommendations", b'{"history": [{"item": "i1", "rating": %s}]}')):
+            response = client.post(path, content=body % raw, headers={"content-type": "application/json"})
+            assert response.status_code == 422 and "rating" in response.json()["detail"][0]["loc"], response.text
+    response = client.post("/v1/recommendations", json={"history": [{"item": "i1", "rating": 6}]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "history", 0, "rating"]
+    assert store.count_events() == 0 and store.user("u") is None
+
+
+def test_a_profile_value_that_is_not_a_number_where_the_data_has_numbers_is_a_422(client, store):
+    response = client.put("/v1/users/careless", json={"profile": {"age": "abc", "gender": "F"}})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "profile", "age"]
+    assert store.user("careless") is None
+    assert client.put("/v1/users/careless", json={"profile": {"age": "31"}}).status_code == 200
+    assert store.user("careless")["profile"] == {"age": 31.0}  # a number written as text is read as one
+    response = client.post("/v1/recommendations", json={"profile": {"age": True}})
+    assert response.status_code == 422 and "age is a number" in response.text
+
+
+def test_admin_reload_refuses_a_model_fitted_on_another_catalogue(client, tmp_path):
+    from thaw.data.synthetic import make_synthetic
+    from thaw.registry import make_model
+
+    for n_items, message in ((20, "40 items of the model it would replace are not among its items"),
+                             (80, "20 of its items are not in the store")):
+        foreign = make_synthetic(n_users=30, n_items=n_items, seed=5)
+        model = make_model("pop").fit(foreign)
+        model.dataset = foreign
+        model.save(tmp_path / str(n_items))
+        before = client.get("/v1/users/r/recommendations").json()["model_version"]
+        response = client.post("/v1/admin/reload", json={"model_dir": str(tmp_path / str(n_items))})
+        assert response.status_code == 422 and message in response.text, response.text
+        assert client.get("/v1/users/r/recommendations").json()["model_version"] == before

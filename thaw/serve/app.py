@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import signal
 import threading
@@ -16,13 +17,15 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from thaw.errors import ThawError
 from thaw.serve.auth import Auth, load_tokens
 from thaw.serve.metrics import Metrics
-from thaw.serve.service import Live, Served, Service, SourceUnsupported
+from thaw.serve.service import InvalidValue, Live, Served, Service, SourceUnsupported
 from thaw.serve.store import MAX_ID, Store, UnknownItems
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
@@ -253,6 +256,17 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
                                          "type": "unknown_item", "items": exc.unknown[:100]}]},
                             status_code=422)
 
+    @app.exception_handler(InvalidValue)
+    def _invalid_value(_request: Request, exc: InvalidValue) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}]},
+                            status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, except that a NaN or infinity the client sent (which JSON cannot
+        # carry back) is echoed as text instead of failing to render as a 500.
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         """The process is up."""
@@ -355,6 +369,17 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
 
     wrapped: Any = Timing(app, metrics)
     return BodyLimit(wrapped, MAX_BODY)  # type: ignore[return-value]
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-like) with every NaN or infinity as its text ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def bandit_log_csv(store: Store) -> str:

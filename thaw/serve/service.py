@@ -202,6 +202,15 @@ class SourceUnsupported(ThawError):
     """A request's source history cannot be read: no source domain, or unknown source items."""
 
 
+class InvalidValue(ThawError):
+    """A well-formed value this model's data set cannot take (a rating off its scale, a word
+    where it has a number); ``loc`` names the field as a 422 does."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        self.loc = list(loc)
+        super().__init__(message)
+
+
 class Service:
     """One saved model serving the users and items of one store."""
 
@@ -387,6 +396,8 @@ class Service:
         """Top ``n`` for a profile and history given inline; nothing is stored or cached.
         ``source``: the user's history in the model's source domain (cross-domain transfer)."""
         self.sync_catalogue()
+        profile = self.check_profile(profile, ["body", "profile"])
+        self.check_ratings(history, ["body", "history"])
         unknown = [h["item"] for h in history if h["item"] not in self.index]
         if unknown:
             raise UnknownItems(list(dict.fromkeys(unknown)))
@@ -406,6 +417,7 @@ class Service:
             items = domain.item_index([h["item"] for h in source])
         except DataError as exc:
             raise SourceUnsupported(f"source: {exc}") from None
+        self.check_ratings(source, ["body", "source"], domain.rating_scale)
         default = float(domain.interactions.rating.mean()) if len(domain.interactions) else 1.0
         return Interactions.of(items,
                                [default if h.get("rating") is None else h["rating"] for h in source],
@@ -475,7 +487,36 @@ class Service:
 
     # --- writes -----------------------------------------------------------------------------
 
+    def check_ratings(self, rows: Sequence[Mapping[str, Any]], loc: Sequence[str],
+                      scale: tuple[float, float] | None = None) -> None:
+        """Every row's rating (None: not given) is a number on the data set's rating scale
+        (``scale``: another domain's); else an InvalidValue naming the row."""
+        low, high = self.data.rating_scale if scale is None else scale
+        for k, row in enumerate(rows):
+            rating = row.get("rating")
+            if rating is not None and not (np.isfinite(rating) and low <= rating <= high):
+                raise InvalidValue([*loc, k, "rating"], f"rating {rating:g} is outside the rating scale "
+                                                        f"of the model's data set, {low:g} to {high:g}")
+
+    def check_profile(self, profile: Mapping[str, Any], loc: Sequence[str]) -> dict[str, Any]:
+        """``profile`` with each field the data set holds as a number read as one (a numeric
+        string too); a value that is not a finite number there is an InvalidValue."""
+        features = self.data.user_features
+        out = dict(profile)
+        for key, value in profile.items():
+            if value is None or key not in features or not pd.api.types.is_numeric_dtype(features[key]):
+                continue
+            try:
+                number = float(value) if not isinstance(value, bool) else float("nan")
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not np.isfinite(number):
+                raise InvalidValue([*loc, key], f"{key} is a number in the model's data set, got {value!r}")
+            out[key] = value if isinstance(value, int | float) else number
+        return out
+
     def add_events(self, batch: Sequence[Mapping[str, Any]], create_items: bool = False) -> EventsWritten:
+        self.check_ratings(batch, ["body", "events"])
         written = self.store.add_events(batch, create_items=create_items)
         for user in {e["user"] for e in batch}:
             self.cache.pop(user)
@@ -489,7 +530,7 @@ class Service:
         return created
 
     def put_user(self, user: str, profile: Mapping[str, Any]) -> bool:
-        created = self.store.put_user(user, profile)
+        created = self.store.put_user(user, self.check_profile(profile, ["body", "profile"]))
         self.cache.pop(user)
         return created
 
@@ -507,10 +548,26 @@ class Live:
             old = self.current
             new = Service(old.model_dir if model_dir is None else model_dir, old.store,
                           cache_size=old.cache.size, metrics=old.metrics)
+            old.sync_catalogue()
+            _check_same_catalogue(new, old)
             new.restore_policy()
             self.current = new
             old.metrics.count("thaw_reloads_total")
             return new
+
+
+def _check_same_catalogue(new: Service, old: Service) -> None:
+    """A model reloaded over a store names the store's items: every item it was fitted on is in
+    the store, and it knows every item the model it replaces was fitted on (a refit on the
+    store's events only adds items). A model fitted on another data set is a ThawError."""
+    store_items, replaced = set(old.item_ids), old.item_ids[:old.n_model_items]
+    foreign = [i for i in new.item_ids[:new.n_model_items] if i not in store_items]
+    lost = [i for i in replaced if i not in new.index]
+    for items, what in ((foreign, "of its items are not in the store"),
+                        (lost, "items of the model it would replace are not among its items")):
+        if items:
+            raise ThawError(f"{new.model_dir} was fitted on another catalogue than the store's: {len(items)} "
+                            f"{what} (e.g. {', '.join(items[:5])}); serve it with a store of its own (--db)")
 
 
 def _missing(value: Any) -> bool:
