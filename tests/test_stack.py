@@ -1,4 +1,5 @@
-"""The stack: routing by support size, learned blends, the circuit breaker, reuse of fits."""
+"""The stack's band table (``stacker="table"``, the stack-table model): routing by support size,
+learned blends, the circuit breaker, reuse of fits. The learned stacker: test_learned_stack.py."""
 
 import time
 
@@ -43,7 +44,8 @@ class KnowsTheTarget(Recommender):
 
 
 def fit_stack(split, members, protocol="next-item", **kwargs):
-    stack = Stack(members=members, fitted=True, validation_ks=KS, time_budget=None, **kwargs)
+    stack = Stack(members=members, fitted=True, validation_ks=KS, time_budget=None,
+                  **{"stacker": "table", **kwargs})
     stack.set_task(protocol)
     return stack.fit(split.train, validate=SplitValidator(split, protocol))
 
@@ -111,7 +113,7 @@ class Broken(Recommender):
 
 @pytest.mark.parametrize("how", ["raise", "nan", "sleep"])
 def test_breaker_trips_on_a_broken_member_and_still_answers_n_items(split, segment_pop, how):
-    stack = Stack(members={"broken": Broken("ok"), "segment-pop": segment_pop}, fitted=True,
+    stack = Stack(members={"broken": Broken("ok"), "segment-pop": segment_pop}, fitted=True, stacker="table",
                   validation_ks=(0, 1), min_users=1, time_budget=0.1)
     stack.fit(split.train, validate=SplitValidator(split, "next-item"))
     stack.tables["next-item"] = [dict(r, members=["broken"], weights=[1.0], threshold=None)
@@ -159,10 +161,11 @@ def test_breaker_trips_on_low_confidence_calibrated_on_validation(split, segment
 
 def test_stack_learned_from_an_evaluations_fits_scores_like_a_fitted_stack(split):
     names = ["pop", "segment-pop", "content", "mf"]
-    models = {n: make_model(n) for n in names} | {"stack": Stack(members=names, validation_ks=KS)}
+    # The learned stacker (its out-of-fold fits included) and the table alike.
+    models = {n: make_model(n) for n in names} | {"stack": Stack(members=names, validation_ks=KS, folds=2)}
     result = evaluate(models, split, protocol="next-item", ks=(0, 3), progress=False, n_bootstrap=10)
     offline = result.per_user[result.per_user.model == "stack"].set_index(["K", "user", "metric"])
-    live = Stack(members=names, validation_ks=KS, time_budget=None)
+    live = Stack(members=names, validation_ks=KS, time_budget=None, folds=2)
     live.set_task("next-item")
     live.fit(split.train, validate=SplitValidator(split, "next-item", (0, 3)))
     for k in (0, 3):

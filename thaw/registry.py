@@ -59,6 +59,7 @@ WHERE: dict[str, str] = {
     "emcdr": "thaw.transfer.emcdr:EMCDR",
     "ptupcdr": "thaw.transfer.ptupcdr:PTUPCDR",
     "stack": "thaw.stack.router:Stack",
+    "stack-table": "thaw.stack.router:StackTable",
 }
 """Registry name -> "module:Class", in the order ``thaw models`` lists them. The classes are
 imported on first use (``MODELS``), so listing the names imports no model, and no torch."""

@@ -425,3 +425,29 @@ def _lookup(index: pd.Index, raw: pd.Series, path: Path, column: str) -> np.ndar
         raise DataError(f"unknown {column} id '{raw.iloc[row]}'", file=str(path), line=row + 2,
                         column=column)
     return found.astype(np.int64)
+
+
+def user_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 100) -> list[Split]:
+    """The training users of ``data`` cut into ``folds`` new-user splits: fold f trains on every
+    other fold and holds fold f's users out as its validation part (their chronological
+    sequences and 100 negatives each). What the stack's out-of-fold episodes are made from:
+    every training user is scored once by fits that never saw them."""
+    if folds < 2:
+        raise ThawError(f"out-of-fold episodes need at least 2 folds, not {folds}")
+    inter = data.interactions.take(chronological_order(data.interactions, seed))
+    users = np.unique(inter.user)
+    if len(users) < folds:
+        raise ThawError(f"{len(users)} training users cannot be cut into {folds} folds")
+    rng = np.random.default_rng([seed, 11])
+    fold_of = np.full(data.n_users, -1, dtype=np.int64)
+    fold_of[rng.permutation(users)] = np.arange(len(users)) % folds
+    all_items = np.arange(data.n_items)
+    out = []
+    for f in range(folds):
+        held = fold_of[inter.user] == f
+        sequences = by_user(inter.take(held))
+        negatives = sample_negatives(list(sequences), all_items, inter, rng, n_negatives)
+        train = data.with_interactions(inter.take(~held), name=f"{data.name}:fold{f}")
+        out.append(Split("new-user", train, sequences, {}, negatives, seed=seed,
+                         seen=items_by_user(inter, list(sequences))))
+    return out

@@ -10,6 +10,7 @@ compares like with like. Model selection only ever sees validation users.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import multiprocessing
 import os
@@ -30,7 +31,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from thaw import errors
-from thaw.data.splits import Split, item_stratum
+from thaw.data.schema import Dataset
+from thaw.data.splits import Split, item_stratum, user_folds
 from thaw.errors import ThawError
 from thaw.eval.metrics import bootstrap_interval, graded_ndcg, ranking_metrics, rating_errors, target_rank
 from thaw.models.base import Context, ModelSelectionSkipped, Recommender, selection_skipped_message
@@ -262,26 +264,19 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         validator.warned = True
     stack_val_eps = validator.episodes_at(val_ks) if stacks else []
     collect = frozenset(member for st in stacks.values() for member in st.members)
+    # Unfitted copies of the members, for the stacks' out-of-fold fits (fitting in this
+    # process, with jobs=1, would otherwise hand the folds fitted models).
+    specs = {m: copy.deepcopy(models[m]) for m in collect if m in models}
     fitted = {name: m for name, m in models.items() if name not in stacks}
     job = _ModelJob(split, protocol, ks, test_eps, fit, tuple(cutoffs), collect, stack_val_eps,
                     validator)
-    bar = _Progress(list(fitted), 1 if jobs == 1 or len(fitted) == 1 else min(jobs, len(fitted)),
-                    expected_seconds or {}, f"evaluate ({protocol})", progress)
-    try:
-        if bar.jobs == 1:
-            outcomes = {}
-            for name, model in fitted.items():
-                bar.started(name)
-                outcomes[name] = job(name, model)
-                bar.finished(name)
-        else:
-            outcomes = _in_workers(job, fitted, bar)
-    finally:
-        bar.close()
+    outcomes = _run_jobs(job, fitted, jobs, expected_seconds or {}, f"evaluate ({protocol})", progress)
     stack_meta = {}
     for name, st in stacks.items():
+        oof = _stack_out_of_fold(st, specs, split, protocol, validator, stack_val_eps, outcomes, ks, jobs,
+                                 progress)
         outcomes[name], stack_meta[name] = _stack_from_outputs(name, st, split, protocol, ks, test_eps,
-                                                              stack_val_eps, outcomes, tuple(cutoffs))
+                                                              stack_val_eps, outcomes, tuple(cutoffs), oof)
     per_user_rows, timing_rows, notes = [], [], []
     for name in models:  # the caller's order, whatever order the workers finished in
         rows, timing, model_notes, _ = outcomes[name]
@@ -337,6 +332,25 @@ def _check_test_users(split: Split, n_users: int, max_k: int, min_users: int) ->
 
 
 # --- worker processes --------------------------------------------------------------------------
+
+def _run_jobs(job: Callable[[str, Any], Any], tasks: Mapping[str, Any], jobs: int,
+              expected: Mapping[str, float], desc: str, progress: bool) -> dict[str, Any]:
+    """``job(name, task)`` for every task, here (``jobs == 1`` or a single task) or in ``jobs``
+    worker processes, under one progress bar; the outcomes by name."""
+    bar = _Progress(list(tasks), 1 if jobs == 1 or len(tasks) == 1 else min(jobs, len(tasks)),
+                    expected, desc, progress)
+    try:
+        if bar.jobs > 1:
+            return _in_workers(job, tasks, bar)
+        outcomes = {}
+        for name, task in tasks.items():
+            bar.started(name)
+            outcomes[name] = job(name, task)
+            bar.finished(name)
+        return outcomes
+    finally:
+        bar.close()
+
 
 def _in_workers(job: _ModelJob, models: Mapping[str, Recommender], bar: _Progress) -> dict[str, tuple]:
     """Run ``job`` on every model in ``bar.jobs`` worker processes; the outcomes by name.
@@ -592,32 +606,140 @@ def model_confidences(model: Recommender, eps: Sequence[Episode],
                     dtype=np.float64)
 
 
+def _stack_out_of_fold(stack: Any, specs: Mapping[str, Recommender], split: Split, protocol: str,
+                       validator: SplitValidator, val_eps: list[Episode], outcomes: Mapping[str, tuple],
+                       ks: tuple[int, ...], jobs: int, progress: bool) -> OutOfFold | None:
+    """The out-of-fold episodes a learned stack is fitted on: its chosen members (the best on
+    validation users, from the fits just made) refitted on folds of the training users."""
+    if stack.stacker == "table":
+        return None
+    stack.set_task(protocol)
+    keep = [i for i, e in enumerate(val_eps) if e.k in set(stack.validation_ks)]
+    if not keep:
+        return None
+    outputs = {m: [outcomes[m][3]["val"][i] for i in keep] for m in stack.members}
+    chosen = stack.choose_learned([val_eps[i] for i in keep], outputs)
+    return out_of_fold({m: specs[m] for m in chosen}, split.train, validator, protocol, stack.folds,
+                       stack.validation_ks, max(ks), stack.seed, jobs=jobs, progress=progress)
+
+
 def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: tuple[int, ...],
                         test_eps: dict[int, list[Episode]], val_eps: list[Episode],
-                        outcomes: Mapping[str, tuple], cutoffs: tuple[int, ...]) -> tuple[tuple, dict]:
-    """Learn a stack from its members' validation outputs and score it from their test outputs
-    (the same ``combine`` its own ``score`` runs, so the numbers are those of a fitted stack)."""
+                        outcomes: Mapping[str, tuple], cutoffs: tuple[int, ...],
+                        oof: OutOfFold | None = None) -> tuple[tuple, dict]:
+    """Learn a stack from its members' validation outputs (and out-of-fold episodes) and score
+    it from their test outputs (the same ``combine`` its own ``score`` runs, so the numbers are
+    those of a fitted stack). Its fit seconds include the out-of-fold fits."""
     start = time.perf_counter()
     stack.set_task(protocol)
     keep = [i for i, e in enumerate(val_eps) if e.k in set(stack.validation_ks)]
     collected = {m: outcomes[m][3] for m in stack.members}
     stack.learn(split.train, [val_eps[i] for i in keep],
                 {m: [c["val"][i] for i in keep] for m, c in collected.items()},
-                {m: c["val_confidence"][keep] for m, c in collected.items()})
-    fit_seconds = time.perf_counter() - start
+                {m: c["val_confidence"][keep] for m, c in collected.items()}, oof)
+    fit_seconds = time.perf_counter() - start + (oof.seconds if oof is not None else 0.0)
     start = time.perf_counter()
     rates = protocol == "rating" and stack.predicts_ratings
-    answers, trips = {}, {}
-    for k in ks:
-        answers[k], tripped = stack.combine_outputs(
-            protocol, test_eps[k], {m: c["test"][k] for m, c in collected.items()},
-            {m: c["test_confidence"][k] for m, c in collected.items()})
-        trips[k] = float(np.mean(tripped)) if tripped else 0.0
+
+    def answer() -> tuple[dict[int, list[np.ndarray]], dict[int, float]]:
+        answers, trips = {}, {}
+        for k in ks:
+            answers[k], tripped = stack.combine_outputs(
+                protocol, test_eps[k], {m: c["test"][k] for m, c in collected.items()},
+                {m: c["test_confidence"][k] for m, c in collected.items()})
+            trips[k] = float(np.mean(tripped)) if tripped else 0.0
+        return answers, trips
+
+    answers, trips = answer()
     rows_out, notes = _rows_and_notes(name, test_eps, answers, protocol, rates, cutoffs)
+    # The learner validation did not choose is reported beside it, as "<stack>:<learner>".
+    chosen = stack.learned.get(protocol, {}).get("kind")
+    fitted_learners = stack.learned.get(protocol, {}).get("validation", {})
+    for other in [k for k in fitted_learners if k != chosen]:
+        with stack.answering_with(protocol, other):
+            other_answers, _ = answer()
+        rows, _ = _rows_and_notes(f"{name}:{other}", test_eps, other_answers, protocol, rates, cutoffs)
+        rows_out += rows
     meta = {"members": list(stack.members), "table": stack.tables[protocol],
+            "learned": {k: v for k, v in stack.learned.get(protocol, {}).items()
+                        if k in ("kind", "members", "validation", "summary", "oof_episodes", "folds")},
             "item_weights": stack.item_weights[protocol], "item_bands": stack.item_bands,
             "trip_share": trips, "explain": stack.explain()}
     return (rows_out, (name, fit_seconds, time.perf_counter() - start), notes, {}), meta
+
+
+@dataclass
+class OutOfFold:
+    """Members' outputs on training users scored by fits that never saw them: each fold's
+    users as cold users at every K, by member copies fitted on the other folds."""
+
+    episodes: list[Episode]
+    outputs: dict[str, list[np.ndarray]]
+    confidences: dict[str, np.ndarray]
+    fold: np.ndarray
+    """The fold of each episode's user (the fit that scored it left that fold out)."""
+    seconds: float
+    """Fit and score seconds of every fold job, added up."""
+    item_counts: list[np.ndarray] = field(default_factory=list)
+    """Each episode's items' training interactions in its fold's training data."""
+
+
+def fold_episodes(split: Split, ks: Sequence[int], protocol: str, floor: int) -> list[Episode]:
+    """Episodes of a split's validation part at every K, from users with more than
+    max(K, ``floor``) interactions (like the validation episodes a stack learns from)."""
+    return [e for k in ks for e in episodes(split, "val", k, protocol, max_k=max(k, floor))]
+
+
+@dataclass(frozen=True)
+class _FoldJob:
+    """Fit one member copy on every fold but one and score the held-out fold's users
+    (picklable, for the worker processes)."""
+
+    data: Dataset
+    protocol: str
+    folds: int
+    ks: tuple[int, ...]
+    floor: int
+    seed: int
+    validator: Any
+
+    def __call__(self, name: str, task: tuple[int, Recommender]) -> tuple[list[np.ndarray], np.ndarray, float]:
+        fold, model = task
+        split = user_folds(self.data, self.folds, seed=self.seed)[fold]
+        eps = fold_episodes(split, self.ks, self.protocol, self.floor)
+        start = time.perf_counter()
+        model.set_task(self.protocol)
+        model.fit(split.train, validate=self.validator)
+        outputs = model_outputs(model, eps, self.protocol)
+        return outputs, model_confidences(model, eps, outputs), time.perf_counter() - start
+
+
+def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any, protocol: str,
+                folds: int, ks: Sequence[int], floor: int, seed: int, *, jobs: int = 1,
+                progress: bool = False) -> OutOfFold:
+    """Refit copies of the (unfitted) ``models`` on ``folds`` folds of ``data``'s users and score
+    each fold's users at every K in ``ks``. Fits select settings on ``validator``'s users, as
+    the full fits do; ``jobs > 1`` runs the fold fits in worker processes."""
+    splits = user_folds(data, folds, seed=seed)
+    job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator)
+    tasks = {f"{name} fold {f + 1}/{folds}": (f, copy.deepcopy(model))
+             for name, model in models.items() for f in range(folds)}
+    results = _run_jobs(job, tasks, jobs, {}, f"stack: out-of-fold fits ({protocol})", progress)
+    eps, fold_of, counts = [], [], []
+    outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
+    confidences: dict[str, list[np.ndarray]] = {m: [] for m in models}
+    for f, split in enumerate(splits):
+        these = fold_episodes(split, ks, protocol, floor)
+        eps += these
+        fold_of += [f] * len(these)
+        fold_counts = np.bincount(split.train.interactions.item, minlength=data.n_items)
+        counts += [fold_counts] * len(these)
+        for m in models:
+            out, conf, _ = results[f"{m} fold {f + 1}/{folds}"]
+            outputs[m] += out
+            confidences[m].append(conf)
+    return OutOfFold(eps, outputs, {m: np.concatenate(c) if c else np.zeros(0) for m, c in confidences.items()},
+                     np.asarray(fold_of, dtype=np.int64), float(sum(r[2] for r in results.values())), counts)
 
 
 def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender,

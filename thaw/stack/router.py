@@ -8,21 +8,29 @@ band, calibrated on validation users) or fails (raises, returns NaN or inf, runs
 budget). Items with few training interactions are blended with content scores, with a weight
 per item band learned the same way. The stack knows its members only through the Recommender
 contract; the table it learns is plain data, saved with it and printable.
+
+By default the table is only the summary: the stack answers with a learner fitted on out-of-fold
+episodes (thaw/stack/learned.py) that weighs every member per request and per item, and the
+breaker trips when a member it reads fails. ``stack-table`` (StackTable) answers with the table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Self
 
 import numpy as np
 
+from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender, Validator
+from thaw.stack import learned
 
 USER_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 1), (2, 3), (4, 5), (6, 10),
                                                   (11, 20), (21, None))
@@ -30,6 +38,8 @@ ITEM_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 4), (5, None))
 # Support sizes whose validation episodes teach the table: at least one per default band.
 VALIDATION_KS = (0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30)
 FALLBACK = "segment-pop"
+STACKERS = ("auto", "fwls", "lgbm", "table")
+"""auto: FWLS or LightGBM, whichever validation users prefer; table: the band table answers."""
 SOURCE_ROW = "0+src"  # the row for K = 0 requests with a history in a source domain
 DEFAULT_MEMBERS = ("pop", "segment-pop", "content", "mf", "fomaml", "deepfm", "sasrec")
 # The overview's routing rule, used for a band without enough validation users: from the
@@ -105,13 +115,14 @@ class Stack(Recommender):
     predicts_ratings = True
     # Members of an evaluation that the stack can be learned from without fitting them again.
     learns_from_outputs = True
-    _transient = ("last_trips",)
+    _transient = ("last_trips", "_models")
 
     def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
                  *, fitted: bool = False, bands: Sequence[Sequence[int | None]] = USER_BANDS,
                  item_bands: Sequence[Sequence[int | None]] = ITEM_BANDS, max_blend: int = 3,
                  blend_step: float = 0.1, min_users: int = 10, time_budget: float | None = 2.0,
                  validation_ks: Sequence[int] = VALIDATION_KS, content: str = "content",
+                 stacker: str = "auto", folds: int = 5, max_learned: int = 6,
                  seed: int = 0) -> None:
         # Imported here, not at the top: the registry imports this module.
         from thaw.registry import make_model
@@ -136,8 +147,16 @@ class Stack(Recommender):
         self.time_budget = time_budget
         self.validation_ks = list(validation_ks)
         self.content = content
+        if stacker not in STACKERS:
+            raise ThawError(f"unknown stacker '{stacker}'; choose one of {', '.join(STACKERS)}")
+        if folds < 2:
+            raise ThawError(f"the stack's out-of-fold episodes need at least 2 folds, not {folds}")
+        if max_learned < 1:
+            raise ThawError(f"max_learned must be at least 1, not {max_learned}")
+        self.stacker, self.folds, self.max_learned = stacker, folds, max_learned
         self.seed = seed
         self.task = "next-item"
+        self.learned: dict[str, dict[str, Any]] = {}
         self.tables: dict[str, list[dict[str, Any]]] = {}
         self.item_weights: dict[str, list[float]] = {}
         self.item_counts = np.zeros(0, dtype=np.int64)
@@ -149,9 +168,13 @@ class Stack(Recommender):
     # --- learning -------------------------------------------------------------------------
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
-        """Fit the members (unless handed fitted), then learn the table on validation users."""
-        from thaw.eval.protocol import model_confidences, model_outputs
+        """Fit the members (unless handed fitted), learn the table on validation users, then
+        (unless ``stacker='table'``) refit the chosen members on folds of ``data`` and learn the
+        stacker from their out-of-fold episodes. Members handed fitted are copied and refitted
+        for the folds, so their ``fit`` must start afresh."""
+        from thaw.eval.protocol import model_confidences, model_outputs, out_of_fold
 
+        specs = {name: copy.deepcopy(member) for name, member in self.members.items()}
         if not self.fitted_members:
             for member in self.members.values():
                 member.set_task(self.task)
@@ -161,11 +184,41 @@ class Stack(Recommender):
         for name, member in self.members.items():
             outputs[name] = model_outputs(member, episodes, self.task)
             confidences[name] = model_confidences(member, episodes, outputs[name])
-        return self.learn(data, episodes, outputs, confidences)
+        oof = None
+        if self.stacker != "table" and episodes:
+            chosen = self.choose_learned(episodes, outputs)
+            floor = max(getattr(validate, "ks", (0,)))
+            oof = out_of_fold({m: specs[m] for m in chosen}, data, validate, self.task, self.folds,
+                              self.validation_ks, floor, self.seed)
+        return self.learn(data, episodes, outputs, confidences, oof)
+
+    @contextlib.contextmanager
+    def answering_with(self, task: str, kind: str) -> Iterator[None]:
+        """Answer ``task`` with the learner ``kind`` inside the block (both are fitted; the
+        evaluation reports the one validation did not choose beside the chosen one)."""
+        state = self.learned[task]
+        chosen, state["kind"], self._models = state["kind"], kind, None
+        try:
+            yield
+        finally:
+            state["kind"], self._models = chosen, None
+
+    def choose_learned(self, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]]) -> list[str]:
+        """The members the learned stacker reads: the ``max_learned`` best by mean validation
+        metric, plus the fallback and the content member (cheap, and what new items need)."""
+        task = self.task
+        eligible = [m for m in self.members if m in outputs and self._answers(m, task)]
+        value = {m: float(np.mean([episode_value(self._transform(o, task), e.truth, task)[0]
+                                   for o, e in zip(outputs[m], episodes, strict=True)]))
+                 for m in eligible}
+        best = sorted(eligible, key=lambda m: -value[m])[:self.max_learned]
+        extra = [m for m in (FALLBACK, self.content) if m in eligible]
+        return list(dict.fromkeys([*best, *extra]))
 
     def learn(self, data: Dataset, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
-              confidences: Mapping[str, np.ndarray]) -> Self:
-        """Learn the routing table from the members' outputs on validation episodes.
+              confidences: Mapping[str, np.ndarray], oof: Any = None) -> Self:
+        """Learn the routing table from the members' outputs on validation episodes, and the
+        stacker from ``oof`` (out-of-fold episodes, their members' outputs and confidences).
 
         Used by ``fit`` and by the evaluation, which hands over the outputs of members it has
         fitted already (so no member is fitted twice). Never sees a test user.
@@ -192,10 +245,98 @@ class Stack(Recommender):
             route |= {"band": label, "users": users}
             table.append(route)
         self.tables[task] = table
+        self.learned.pop(task, None)
+        self._models = None
+        if oof is not None and self.stacker != "table" and episodes:
+            with one_thread():  # seeded LightGBM and the BLAS, on one thread: the same numbers every time
+                self.learned[task] = self._learn_stacker(episodes, outputs, confidences, oof)
         self.item_weights[task] = [0.0] * len(self.item_bands)
         if self.content in eligible and episodes:
-            self.item_weights[task] = self._learn_item_weights(episodes, transformed, confidences, task)
+            self.item_weights[task] = self._learn_item_weights(episodes, transformed, outputs, confidences,
+                                                               task)
         return self
+
+    def _learn_stacker(self, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
+                       confidences: Mapping[str, np.ndarray], oof: Any) -> dict[str, Any]:
+        """FWLS (its ridge weight chosen on validation users) and LightGBM (its rounds stopped
+        on them) fitted on the out-of-fold episodes; the one validation prefers is kept."""
+        task = self.task
+        members = [m for m in oof.outputs if m in outputs]
+        features = learned.Features(members, task, self.item_counts, [e.context.profile for e in oof.episodes])
+        train = learned.Table(features, oof.episodes, oof.outputs, oof.confidences, oof.item_counts or None)
+        valid = learned.Table(features, episodes, outputs, confidences)
+        scores: dict[str, float] = {}
+        fwls, booster = None, None
+        if self.stacker in ("auto", "fwls"):
+            scores["fwls"] = -np.inf
+            for penalty in learned.PENALTIES:
+                params = learned.fwls_fit(train, task, penalty)
+                value = self._validation_value(valid, episodes, task, "fwls", params, None, features)
+                if value > scores["fwls"]:
+                    scores["fwls"], fwls = value, params | {"penalty": np.array([penalty])}
+        if self.stacker in ("auto", "lgbm"):
+            booster = learned.lgbm_fit(train, valid, features, task, self.seed)
+            scores["lgbm"] = self._validation_value(valid, episodes, task, "lgbm", None,
+                                                    learned.lgbm_booster(booster), features)
+        kind = max(scores, key=lambda k: scores[k])
+        state = {"kind": kind, "members": members, "features": dict(vars(features)), "fwls": fwls,
+                 "booster": booster, "validation": scores, "oof_episodes": len(oof.episodes),
+                 "oof_users": len({(e.user) for e in oof.episodes}), "folds": self.folds}
+        self.learned[task] = state
+        self._models = None
+        state["summary"] = self._summarise(task, episodes, valid, features)
+        return state
+
+    def _validation_value(self, valid: Any, episodes: Sequence[Any], task: str, kind: str, params: Any,
+                          booster: Any, features: Any) -> float:
+        answers = self._learned_answers(valid, task, kind, params, booster, features)
+        return float(np.mean([episode_value(a, e.truth, task)[0] for a, e in zip(answers, episodes, strict=True)]))
+
+    @staticmethod
+    def _learned_answers(table: Any, task: str, kind: str, params: Any, booster: Any,
+                         features: Any) -> list[np.ndarray]:
+        """The learner's answer on every episode of a stacked table."""
+        if kind == "lgbm":
+            flat = learned.lgbm_apply(booster, table.x, table.scores, task)
+        else:
+            weights = np.einsum("ei,im->em", table.requests, params["weights"])[table.episode]
+            flat = np.sum(table.scores * weights, axis=1)
+            if "intercept" in params:
+                flat = flat + (table.requests @ params["intercept"])[table.episode]
+            else:
+                flat = flat + float(params["popularity"][0]) * table.x[:, -1]
+        return table.split_outputs(flat)
+
+    def _summarise(self, task: str, episodes: Sequence[Any], valid: Any, features: Any) -> list[dict[str, Any]]:
+        """Per band of validation episodes: each member's effective weight (FWLS: its mean
+        weight; LightGBM: its share of the mean absolute contribution) and the top features."""
+        state = self.learned[task]
+        members = state["members"]
+        bands = np.array([band_of(len(e.context.history), self.bands) for e in episodes], dtype=int)
+        names = features.names()
+        if state["kind"] == "lgbm":
+            contrib = np.abs(learned.lgbm_contributions(learned.lgbm_booster(state["booster"]), valid.x))
+        else:
+            weights = np.einsum("ei,im->em", valid.requests, state["fwls"]["weights"])
+        out = []
+        for b, band in enumerate(self.bands):
+            idx = np.flatnonzero(bands == b)
+            if not len(idx):
+                continue
+            if state["kind"] == "lgbm":
+                rows = np.isin(valid.episode, idx)
+                mean = contrib[rows].mean(axis=0)
+                share = {m: float(sum(mean[j] for j, n in enumerate(names) if n.startswith(f"{m}:")))
+                         for m in members}
+                total = float(mean.sum()) or 1.0
+                effective = {m: v / total for m, v in share.items()}
+                top = [names[j] for j in np.argsort(-mean)[:3]]
+            else:
+                mean = weights[idx].mean(axis=0)
+                effective = {m: float(w) for m, w in zip(members, mean, strict=True)}
+                top = [members[j] for j in np.argsort(-np.abs(mean))[:3]]
+            out.append({"band": band_label(band), "episodes": int(len(idx)), "weights": effective, "top": top})
+        return out
 
     def _answers(self, member: str, task: str) -> bool:
         return task != "rating" or self.members[member].predicts_ratings
@@ -276,15 +417,14 @@ class Stack(Recommender):
         return best, best_values
 
     def _learn_item_weights(self, episodes: Sequence[Any], transformed: dict[str, list],
-                            confidences: Mapping[str, np.ndarray], task: str) -> list[float]:
+                            outputs: Mapping[str, Sequence[np.ndarray]], confidences: Mapping[str, np.ndarray],
+                            task: str) -> list[float]:
         """Weight of content per item band, by coordinate search over a grid on validation."""
         bases, bands = [], []
         for i, ep in enumerate(episodes):
-            route = self.route(task, ep.context)
-            outputs = {m: transformed[m][i] for m in route["members"]}
-            conf = confidences.get(self._primary(route), np.full(len(episodes), np.inf))[i]
-            base, _ = self._route_output(route, outputs, conf, transformed[FALLBACK][i],
-                                          len(ep.candidates))
+            raw = {m: outputs[m][i] for m in self.needed(task, ep.context) if m in outputs}
+            conf = {m: float(confidences[m][i]) for m in raw if m in confidences}
+            base, _ = self._base_answer(task, ep.context, ep.candidates, raw, conf)
             bases.append(base)
             bands.append(self._item_bands(ep.candidates))
 
@@ -335,27 +475,70 @@ class Stack(Recommender):
         weights = route["weights"]
         return sum(w * outputs[m] for m, w in zip(route["members"], weights, strict=True)), False
 
+    def _learned_models(self, task: str) -> tuple[Any, Any]:
+        """The learned stacker's feature maker and LightGBM booster, rebuilt from saved data
+        once per process."""
+        if self._models is None:
+            self._models = {}
+        if task not in self._models:
+            state = self.learned[task]
+            features = learned.Features.__new__(learned.Features)
+            vars(features).update(state["features"])
+            booster = learned.lgbm_booster(state["booster"]) if state["kind"] == "lgbm" else None
+            self._models[task] = (features, booster)
+        return self._models[task]
+
+    def _base_answer(self, task: str, context: Context, items: np.ndarray,
+                     outputs: Mapping[str, np.ndarray | None],
+                     confidences: Mapping[str, float]) -> tuple[np.ndarray, bool]:
+        """The answer before the item-side content blend: the learned stacker's (the fallback's
+        when a member it reads failed), or the table route's with its breaker."""
+        ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
+        fallback = ready.get(FALLBACK)
+        state = self.learned.get(task)
+        table = self._table(task)
+        # The source row (K = 0 with a source-domain history) stays the table's: the folds of
+        # the training users carry no source histories to learn it from.
+        if state is None or self._row_of(context, len(table)) == len(self.bands):
+            route = self.route(task, context)
+            confidence = confidences.get(self._primary(route), -np.inf)
+            return self._route_output(route, ready, confidence, fallback, len(items))
+        if any(ready.get(m) is None for m in state["members"]):
+            return (np.zeros(len(items)) if fallback is None else fallback), True
+        features, booster = self._learned_models(task)
+        raw = {m: outputs[m] for m in state["members"]}
+        scores = features.member_scores(raw, len(items))
+        if state["kind"] == "lgbm":
+            rows = features.rows(context, items, raw, confidences)
+            answer = learned.lgbm_apply(booster, rows, scores, task)
+        else:
+            answer = learned.fwls_apply(state["fwls"], features.request_row(context), scores,
+                                        features._item_log_count(items))
+        return self._transform(answer, task), False
+
     def combine(self, task: str, context: Context, items: np.ndarray,
-                outputs: Mapping[str, np.ndarray | None], confidence: float) -> tuple[np.ndarray, bool]:
-        """The stack's answer from its members' raw outputs on one request (None = failed).
+                outputs: Mapping[str, np.ndarray | None],
+                confidences: Mapping[str, float]) -> tuple[np.ndarray, bool]:
+        """The stack's answer from its members' raw outputs on one request (None = failed) and
+        their confidences.
 
         The one place routing, the breaker and the item-side blend happen: ``score``, the
         batch path and the evaluation's reuse of already-fitted members all come through here.
         """
-        route = self.route(task, context)
-        ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
-        result, tripped = self._route_output(route, ready, confidence, ready.get(FALLBACK),
-                                              len(items))
+        result, tripped = self._base_answer(task, context, items, outputs, confidences)
+        content = outputs.get(self.content)
         weights = np.asarray(self.item_weights.get(task, [0.0]))
-        if ready.get(self.content) is not None and weights.any():
+        if content is not None and weights.any():
             w = weights[self._item_bands(items)]
-            result = w * ready[self.content] + (1 - w) * result
+            result = w * self._transform(content, task) + (1 - w) * result
         return result, tripped
 
     def needed(self, task: str, context: Context) -> list[str]:
         """The members whose outputs ``combine`` needs for this request."""
-        route = self.route(task, context)
-        names = list(route["members"]) + [FALLBACK]
+        state = self.learned.get(task)
+        if state is not None and self._row_of(context, len(self._table(task))) == len(self.bands):
+            state = None  # the source row: see _base_answer
+        names = list(state["members"] if state else self.route(task, context)["members"]) + [FALLBACK]
         if any(self.item_weights.get(task, [])) and self.content in self.members:
             names.append(self.content)
         return list(dict.fromkeys(names))
@@ -368,9 +551,21 @@ class Stack(Recommender):
         return band_of(len(context.history), self.bands)
 
     def route(self, task: str, context: Context) -> dict[str, Any]:
-        """The table row that answers this request (what the service reports as its route)."""
+        """The table row of this request (the route itself when the table answers)."""
         table = self._table(task)
         return table[self._row_of(context, len(table))]
+
+    def answered_by(self, task: str, context: Context) -> dict[str, Any]:
+        """What answers this request, as the service reports it: the table's route, or the
+        learned stacker with its members' effective weights in the request's band."""
+        row = self.route(task, context)
+        state = self.learned.get(task)
+        if state is None or row["band"] == SOURCE_ROW:
+            return row
+        band = next((b for b in state.get("summary", []) if b["band"] == row["band"]), None)
+        weights = band["weights"] if band else {m: 1.0 / len(state["members"]) for m in state["members"]}
+        return {"band": row["band"], "members": list(weights), "weights": list(weights.values()),
+                "threshold": None, "source": f"learned ({state['kind']})"}
 
     def _table(self, task: str) -> list[dict[str, Any]]:
         if task in self.tables:
@@ -398,19 +593,19 @@ class Stack(Recommender):
     def _answer(self, ctx: Context, items: np.ndarray, task: str) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         outputs = {m: self._call(m, ctx, items, task, self.time_budget) for m in self.needed(task, ctx)}
-        confidence = self._confidence(task, ctx, outputs)
-        result, tripped = self.combine(task, ctx, items, outputs, confidence)
+        result, tripped = self.combine(task, ctx, items, outputs, self._confidences(ctx, outputs))
         self.last_trips = [tripped]
         return result
 
-    def _confidence(self, task: str, ctx: Context, outputs: Mapping[str, np.ndarray | None]) -> float:
-        primary = self._primary(self.route(task, ctx))
-        if outputs.get(primary) is None:
-            return -np.inf
-        try:
-            return float(self.members[primary].confidence(ctx, outputs[primary]))
-        except Exception:  # noqa: BLE001 - an unsure member is an untrusted one
-            return -np.inf
+    def _confidences(self, ctx: Context, outputs: Mapping[str, np.ndarray | None]) -> dict[str, float]:
+        """Each answering member's confidence in its output (-inf: failed or unsure of itself)."""
+        out = {}
+        for name, output in outputs.items():
+            try:
+                out[name] = -np.inf if output is None else float(self.members[name].confidence(ctx, output))
+            except Exception:  # noqa: BLE001 - an unsure member is an untrusted one
+                out[name] = -np.inf
+        return out
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self._answer(ctx, items, "next-item" if "next-item" in self.tables else self.task)
@@ -437,8 +632,7 @@ class Stack(Recommender):
                 outputs[i][name] = out
         answers, self.last_trips = [], []
         for ctx, cand, out in zip(contexts, items, outputs, strict=True):
-            result, tripped = self.combine(task, ctx, np.asarray(cand), out,
-                                           self._confidence(task, ctx, out))
+            result, tripped = self.combine(task, ctx, np.asarray(cand), out, self._confidences(ctx, out))
             answers.append(result)
             self.last_trips.append(tripped)
         return answers
@@ -456,12 +650,9 @@ class Stack(Recommender):
         evaluation's workers); returns the answers and which requests tripped the breaker."""
         answers, trips = [], []
         for i, ep in enumerate(episodes):
-            needed = self.needed(task, ep.context)
-            raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in needed}
-            route = self.route(task, ep.context)
-            primary = self._primary(route)
-            confidence = float(confidences[primary][i]) if raw.get(primary) is not None else -np.inf
-            answer, tripped = self.combine(task, ep.context, ep.candidates, raw, confidence)
+            raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in self.needed(task, ep.context)}
+            conf = {m: float(confidences[m][i]) if raw[m] is not None else -np.inf for m in raw}
+            answer, tripped = self.combine(task, ep.context, ep.candidates, raw, conf)
             answers.append(answer)
             trips.append(tripped)
         return answers, trips
@@ -488,7 +679,26 @@ class Stack(Recommender):
             weights = self.item_weights.get(task, [])
             lines.append("  content weight by item band (training interactions): " + ", ".join(
                 f"{band_label(b)}: {w:.2f}" for b, w in zip(self.item_bands, weights, strict=True)))
+            if task in self.learned:
+                lines += self._explain_learned(task, metric)
         return "\n".join(lines) if lines else "(this stack has not learned a table yet)"
+
+    def _explain_learned(self, task: str, metric: str) -> list[str]:
+        """The learned stacker in a few lines: which learner answers, how each did on
+        validation users beside the table, and per band its members' effective weights."""
+        state = self.learned[task]
+        table_value = np.mean([r["metric"] for r in self.tables[task] if r["metric"] is not None] or [np.nan])
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in state["validation"].items())
+        lines = [f"  answered by the learned stacker: {state['kind']} (validation {metric}: {scores}; "
+                 f"table, in-sample per band, mean {table_value:.4f})",
+                 f"  learned from {state['oof_episodes']} out-of-fold episodes of {state['oof_users']} "
+                 f"training users ({state['folds']} folds); members: {', '.join(state['members'])}",
+                 "  effective weight per band (" + ("share of mean |contribution|" if state["kind"] == "lgbm"
+                                                   else "mean member weight") + ") and top features:"]
+        for band in state.get("summary", []):
+            weights = ", ".join(f"{m} {w:.2f}" for m, w in sorted(band["weights"].items(), key=lambda x: -abs(x[1])))
+            lines.append(f"  {band['band']:6s} {weights}  | top: {', '.join(band['top'])}")
+        return lines
 
 
 def _transferable(context: Context) -> bool:
@@ -519,3 +729,14 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thaw-stack")
     return _POOL
+
+
+class StackTable(Stack):
+    """The stack answered by its band table alone (learned on validation users), as before
+    the learned stacker: kept to compare against, and for the smallest data sets."""
+
+    name = "stack-table"
+
+    def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
+                 **kwargs: Any) -> None:
+        super().__init__(members, **{"stacker": "table", **kwargs})

@@ -1,0 +1,150 @@
+"""The learned stacker: out-of-fold episodes, per-request weights, save/load, the breaker."""
+
+import numpy as np
+import pytest
+
+import thaw
+from thaw.data.splits import make_split, user_folds
+from thaw.data.synthetic import make_synthetic
+from thaw.eval.protocol import SplitValidator, episodes, out_of_fold, score_episodes
+from thaw.models.base import Context, Recommender
+from thaw.registry import make_model
+from thaw.stack import Stack, StackTable
+
+KS = (0, 1, 2, 3, 5, 7, 10)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-user", seed=0)
+
+
+class RightFor(Recommender):
+    """Test double, right for one gender and wrong for the other at every K: the target
+    (candidate 0 under next-item) first for that group, last for the rest."""
+
+    def __init__(self, gender, seed=0):
+        self.gender, self.seed = gender, seed
+
+    def fit(self, data, validate=None):
+        return self
+
+    def score(self, ctx, items):
+        noise = np.random.default_rng([self.seed, len(items), len(ctx.history)]).random(len(items))
+        right = ctx.profile.get("gender") == self.gender
+        return noise + np.where(np.arange(len(items)) == 0, 2.0 if right else -2.0, 0.0)
+
+
+def mean_ndcg(model, split, ks=(0, 1, 3, 5)):
+    rows = [r for k in ks for r in score_episodes(model, episodes(split, "test", k, "next-item", max_k=10),
+                                                  "next-item")[0]]
+    return float(np.mean([r["ndcg@10"] for r in rows]))
+
+
+def test_the_learned_stacker_routes_per_profile_where_the_band_table_cannot(split):
+    validate = SplitValidator(split, "next-item")
+    found = {}
+    for stacker in ("fwls", "lgbm", "table"):
+        members = {"for-men": RightFor("M"), "for-women": RightFor("F", seed=1),
+                   "segment-pop": make_model("segment-pop")}
+        stack = Stack(members=members, validation_ks=KS, time_budget=None, stacker=stacker, folds=3)
+        found[stacker] = mean_ndcg(stack.fit(split.train, validate=validate), split)
+    members = {"for-men": RightFor("M"), "for-women": RightFor("F", seed=1)}
+    alone = {name: mean_ndcg(m, split) for name, m in members.items()}
+    # Each member is perfect for one group of users (30% and 70% here) and hopeless for the
+    # other; one choice per band can do no better than the larger group, a learner that reads
+    # the profile can be right for everyone.
+    assert max(alone.values()) <= 0.75 and found["table"] <= 0.75
+    assert found["fwls"] > 0.95 and found["lgbm"] > 0.95
+
+
+class Spy(Recommender):
+    """Scores every item with a token of the fit that made it, and remembers which users
+    each fit was trained on."""
+
+    fits: dict[float, set[int]] = {}
+
+    def __init__(self):
+        self.token = None
+
+    def fit(self, data, validate=None):
+        self.token = float(len(Spy.fits) + 1)
+        Spy.fits[self.token] = set(np.unique(data.interactions.user).tolist())
+        return self
+
+    def score(self, ctx, items):
+        return np.full(len(items), self.token)
+
+
+def test_out_of_fold_scores_never_come_from_a_fit_that_saw_the_user(split):
+    Spy.fits.clear()
+    oof = out_of_fold({"spy": Spy()}, split.train, None, "next-item", 4, KS, 10, seed=0)
+    assert len(Spy.fits) == 4 and len(oof.episodes) > 1000
+    folds = user_folds(split.train, 4, seed=0)
+    for ep, out, fold in zip(oof.episodes, oof.outputs["spy"], oof.fold, strict=True):
+        assert ep.user not in Spy.fits[out[0]]
+        assert ep.user in folds[fold].val and ep.user not in set(folds[fold].train.interactions.user)
+    # Every training user with enough history is scored, each in exactly one fold.
+    users = {ep.user for ep in oof.episodes}
+    assert users == {u for u, n in zip(*np.unique(split.train.interactions.user, return_counts=True),
+                                       strict=True) if n > 10}
+    assert all(len({f for e, f in zip(oof.episodes, oof.fold, strict=True) if e.user == u}) == 1
+               for u in list(users)[:20])
+
+
+@pytest.mark.parametrize("protocol", ["next-item", "rating"])
+@pytest.mark.parametrize("stacker", ["lgbm", "fwls"])
+def test_a_learned_stack_round_trips_through_save_and_load(split, tmp_path, protocol, stacker):
+    stack = Stack(members=["pop", "segment-pop", "mf"], validation_ks=(0, 1, 3, 5), time_budget=None,
+                  stacker=stacker, folds=2)
+    stack.set_task(protocol)
+    stack.fit(split.train, validate=SplitValidator(split, protocol, (0, 3)))
+    assert stack.learned[protocol]["kind"] == stacker
+    loaded = thaw.load(stack.save(tmp_path / "stack"))
+    items = np.arange(split.train.n_items)
+    for k in (0, 2, 6):
+        user = next(iter(split.test))
+        ctx = Context(user=None, history=split.test[user].take(slice(0, k)), profile=split.train.profile(user))
+        call = "predict" if protocol == "rating" else "score"
+        assert np.array_equal(getattr(loaded, call)(ctx, items), getattr(stack, call)(ctx, items))
+    assert "answered by the learned stacker: " + stacker in loaded.explain()
+
+
+class Broken(Recommender):
+    def __init__(self):
+        self.broken = False
+
+    def fit(self, data, validate=None):
+        return self
+
+    def score(self, ctx, items):
+        if self.broken:
+            raise RuntimeError("member down")
+        return np.arange(len(items), dtype=float)
+
+
+def test_the_breaker_trips_when_a_member_the_learner_reads_fails(split):
+    segment_pop = make_model("segment-pop")
+    stack = Stack(members={"broken": Broken(), "segment-pop": segment_pop}, validation_ks=(0, 1, 3),
+                  time_budget=None, folds=2)
+    stack.fit(split.train, validate=SplitValidator(split, "next-item", (0, 3)))
+    assert "broken" in stack.learned["next-item"]["members"]
+    ctx = Context(user=None, history=split.test[next(iter(split.test))].take(slice(0, 2)),
+                  profile={"gender": "F", "age": 30})
+    items = np.arange(split.train.n_items)
+    stack.score(ctx, items)
+    assert stack.last_trips == [False]
+    stack.members["broken"].broken = True
+    expected = segment_pop.score(ctx, items)
+    assert np.array_equal(stack.score(ctx, items), (expected - expected.mean()) / expected.std())
+    assert stack.last_trips == [True]
+
+
+def test_stack_table_is_the_band_table_alone(split):
+    stack = StackTable(members=["pop", "segment-pop"], validation_ks=(0, 1, 3), time_budget=None)
+    stack.fit(split.train, validate=SplitValidator(split, "next-item", (0, 3)))
+    assert stack.name == "stack-table" and not stack.learned and stack.tables["next-item"]
+    with pytest.raises(Exception, match="unknown stacker"):
+        Stack(members=["pop"], stacker="forest")
+    with pytest.raises(Exception, match="at least 2 folds"):
+        Stack(members=["pop"], folds=1)
