@@ -19,11 +19,11 @@ import warnings
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
+from thaw.eval.headroom import format_headroom, headroom
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
 from thaw.registry import make_model, model_names
 from thaw.stack import Stack
-from thaw.stack.headroom import format_headroom, headroom
 
 ITEM_MODELS = ("random", "pop", "segment-pop", "content", "content-minilm", "mf", "fomaml", "deepfm")
 
@@ -59,7 +59,7 @@ def main() -> None:
         split = make_split(data, "new-user", seed=args.seed)
         print(split.describe())
         for protocol in ("next-item", "rating"):
-            names = [n for n in model_names() if n != "stack"]
+            names = [n for n in model_names() if n not in ("stack", "stack-table")]
             models = {n: make_model(n) for n in names}
             models["stack"] = Stack(members=[n for n in names if n != "random"])
             run(split, models, protocol, args.seed, args.jobs)

@@ -109,7 +109,7 @@ def interval_cell(value: float, low: float, high: float) -> str:
 def stack_summary(result: EvalResult, name: str) -> str:
     """A stack's learned routing table, the share of test requests that tripped its circuit
     breaker at each K, and how it compares with its best member and the per-user oracle."""
-    from thaw.stack.headroom import format_headroom, headroom
+    from thaw.eval.headroom import format_headroom, headroom
 
     info = result.meta["stacks"][name]
     trips = ", ".join(f"K={k}: {share:.1%}" for k, share in info["trip_share"].items())

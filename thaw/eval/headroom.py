@@ -1,10 +1,10 @@
-"""How good is the router? The stack against its best member and against an oracle.
+"""How good is a stack? Against its best member and against an oracle over its members.
 
 At each K the best single member is picked after the fact, on the test users themselves: a
 bar the stack (which chose on validation users) can only meet by routing well. The oracle
 picks the best member for every test user separately, the ceiling any router over these
 members could reach. The share of that headroom the stack captures is (stack - best) /
-(oracle - best).
+(oracle - best). The paired tests are Holm-corrected over the K of one table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from thaw.eval.protocol import LOWER_IS_BETTER, paired_p
+from thaw.eval.protocol import LOWER_IS_BETTER, holm, paired_p
 
 
 def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,
@@ -40,9 +40,13 @@ def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric:
         rows.append({"K": int(k), "metric": metric, "best_member": best, "best": float(means[best]),
                      "stack": float(wide[stack].mean()), "oracle": float(oracle),
                      "diff": float(diff.mean()), "p_value": p,
-                     "significantly_worse": bool(worse and p < alpha),
-                     "headroom_captured": captured, "users": len(wide)})
-    return pd.DataFrame(rows)
+                     "worse": bool(worse), "headroom_captured": captured, "users": len(wide)})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = holm(table["p_value"].to_numpy())
+        table["significantly_worse"] = table["worse"] & (table["p_holm"] < alpha)
+        table["significantly_better"] = ~table["worse"] & (table["diff"] != 0) & (table["p_holm"] < alpha)
+    return table.drop(columns="worse") if len(table) else table
 
 
 def format_headroom(table: pd.DataFrame) -> str:
@@ -50,9 +54,10 @@ def format_headroom(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no stack and members to compare)"
     lines = [f"{'K':>3s}  {'best member':16s} {'best':>7s} {'stack':>7s} {'oracle':>7s} "
-             f"{'diff':>8s} {'p':>8s}  captured"]
+             f"{'diff':>8s} {'p (Holm)':>8s}  captured"]
     for r in table.itertuples():
-        flag = "  (stack significantly worse)" if r.significantly_worse else ""
+        flag = ("  (stack significantly worse)" if r.significantly_worse else
+                "  (stack significantly better)" if r.significantly_better else "")
         lines.append(f"{r.K:>3d}  {r.best_member:16s} {r.best:7.4f} {r.stack:7.4f} {r.oracle:7.4f} "
-                     f"{r.diff:+8.4f} {r.p_value:8.4f}  {r.headroom_captured:8.1%}{flag}")
+                     f"{r.diff:+8.4f} {r.p_holm:8.4f}  {r.headroom_captured:8.1%}{flag}")
     return "\n".join(lines)
