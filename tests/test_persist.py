@@ -33,7 +33,7 @@ SMALL = {"mf": {"iterations": 2, "dim": 4}, "bpr": {"epochs": 2, "dim": 8},
          **{n: {"epochs": 1, "dim": 8, "hidden": 8} for n in TWO_TOWER}}
 # Cross-domain models need two domains: tests/test_transfer.py saves and loads them.
 TWO_DOMAINS = ("cmf", "emcdr", "ptupcdr")
-CASES = ([(n, "rating") for n in model_names() if n != "stack" and n not in TWO_DOMAINS]
+CASES = ([(n, "rating") for n in model_names() if n not in ("stack", "stack-table") and n not in TWO_DOMAINS]
          + [("melu", "next-item"), ("hml", "next-item")])
 
 
