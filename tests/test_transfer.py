@@ -1,7 +1,8 @@
 """Cross-domain transfer: on planted data where each user's target taste is a user-specific map
 of their source taste, ptupcdr beats emcdr, which beats tgt at K = 0; a source permuted across
 users trips the negative-transfer alarm; padding never collides with an item; no held-out
-user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row."""
+user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row;
+roles can be given instead of drawn."""
 
 import warnings
 
@@ -12,7 +13,7 @@ import torch
 
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.synthetic import make_mapped_domains
-from thaw.errors import ThawError
+from thaw.errors import DataError, ThawError
 from thaw.eval.protocol import compare, episodes
 from thaw.models.base import Context, Recommender
 from thaw.models.persist import load
@@ -208,14 +209,32 @@ def test_command_line_on_your_own_pair(tmp_path):
         frame["user"] = domain.user_ids[frame["user"]]
         frame["item"] = domain.item_ids[frame["item"]]
         frame.to_csv(tmp_path / name, index=False)
+    # Roles given, not drawn: these 60 overlap users are tested, the next 30 validate.
+    names = pair.target.user_ids[pair.overlap].astype(str)
+    roles = pd.DataFrame({"user": names[:90], "role": ["test"] * 60 + ["val"] * 30})
+    roles.to_csv(tmp_path / "roles.csv", index=False)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv"),
-                           "--target", str(tmp_path / "target.csv"), "--beta", "0.3", "--ks", "0,3",
-                           "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+                           "--target", str(tmp_path / "target.csv"), "--roles", str(tmp_path / "roles.csv"),
+                           "--ks", "0,3", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert SOURCE_ROW in done.stdout and "ptupcdr" in done.stdout
+    assert "given roles" in done.stdout and "60 test users" in done.stdout
     results = pd.read_csv(out / "results.csv")
     assert {"random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack"} <= set(results["model"])
+    per_user = pd.read_csv(out / "per_user.csv", dtype={"user": str})
+    assert set(per_user["user"]) == set(names[:60])
+    (tmp_path / "bad.csv").write_text("user,role\n" + f"{names[0]},test\nnobody,test\n")
+    bad = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv"),
+                          "--target", str(tmp_path / "target.csv"), "--roles", str(tmp_path / "bad.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "line 3" in bad.stderr and "'nobody'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    both = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv"),
+                           "--target", str(tmp_path / "target.csv"), "--roles", str(tmp_path / "roles.csv"),
+                           "--beta", "0.3"], capture_output=True, text=True, timeout=120)
+    assert both.returncode != 0 and "without --beta" in both.stderr
     bad = subprocess.run([sys.executable, "-m", "thaw", "transfer", "--source", str(tmp_path / "source.csv")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "needs both --source and --target" in bad.stderr
@@ -253,3 +272,47 @@ def test_the_service_serves_transfer_from_an_inline_source_history(pair, tmp_pat
     bad = client.post("/v1/recommendations", json={"source": [{"item": "no-such-book"}]})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "source"]
     store.close()
+
+
+def test_given_roles_make_the_split(pair):
+    drawn = cross_domain_split(pair, 0.3, seed=2)
+    ids = pair.target.user_ids.astype(str)
+    # The roles a split drew, handed back, give that split again (negatives included).
+    roles = {ids[u]: "test" for u in drawn.test} | {ids[u]: "val" for u in drawn.val}
+    again = cross_domain_split(pair, roles=roles, seed=2)
+    assert again.test.keys() == drawn.test.keys() and again.val.keys() == drawn.val.keys()
+    assert all(np.array_equal(again.negatives[u], drawn.negatives[u]) for u in drawn.negatives)
+    assert all(np.array_equal(again.sources[u].item, drawn.sources[u].item) for u in drawn.sources)
+    assert np.array_equal(again.train.interactions.user, drawn.train.interactions.user)
+    # Any roles at all: these users, as a Series, one of them named "train" explicitly.
+    overlap = pair.overlap
+    chosen = pd.Series(["test", "test", "val", "train"], index=ids[overlap[:4]])
+    split = cross_domain_split(pair, roles=chosen, seed=0)
+    assert sorted(split.test) == sorted(overlap[:2].tolist()) and list(split.val) == [overlap[2]]
+    assert overlap[3] in set(split.train.interactions.user.tolist())
+    assert "given roles" in split.describe()
+
+
+def test_given_roles_are_checked(pair, tmp_path):
+    ids = pair.target.user_ids.astype(str)
+    first = ids[pair.overlap[0]]
+    with pytest.raises(DataError, match="role is one of train, val, test"):
+        cross_domain_split(pair, roles={first: "holdout"})
+    with pytest.raises(DataError, match="'ghost' is in neither domain"):
+        cross_domain_split(pair, roles={"ghost": "test"})
+    with pytest.raises(ThawError, match="not both"):
+        cross_domain_split(pair, 0.3, roles={first: "test"})
+    with pytest.raises(DataError, match="no overlap user to train"):
+        cross_domain_split(pair, roles={u: "test" for u in ids[pair.overlap]})
+    (tmp_path / "books.csv").write_text("user_id,item_id,rating\nann,b1,5\nbob,b2,3\ncid,b1,4\n")
+    (tmp_path / "films.csv").write_text("user_id,item_id,rating\nbob,f1,2\nann,f2,4\ndan,f1,1\n")
+    small = from_files(tmp_path / "books.csv", tmp_path / "films.csv")
+    with pytest.raises(DataError, match="'dan' is given the role val but has interactions in only one"):
+        cross_domain_split(small, roles={"dan": "val"})
+    file = tmp_path / "roles.csv"
+    file.write_text(f"user,role\n{first},test\n{first},val\n")
+    with pytest.raises(DataError, match=r"roles.csv, line 3: .* two roles, test and val"):
+        cross_domain_split(pair, roles=file)
+    file.write_text(f"id,kind\n{first},test\n")
+    with pytest.raises(DataError, match="header line 'user,role'"):
+        cross_domain_split(pair, roles=file)

@@ -17,8 +17,9 @@ def transfer(
     pair: Annotated[str | None, typer.Argument(help="A built-in pair (ml-1m:drama-comedy, ml-1m:action-drama, ml-100k:drama-comedy, ml-100k:action-drama); or give --source and --target.")] = None,
     source: Annotated[Path | None, typer.Option(help="Your own pair: the source domain's interactions (CSV/TSV/Parquet/.inter).")] = None,
     target: Annotated[Path | None, typer.Option(help="Your own pair: the target domain's interactions, same user ids as --source.")] = None,
-    beta: Annotated[float, typer.Option(help="Fraction of the users in both domains made cold in the target (test users).")] = 0.2,
-    val_frac: Annotated[float, typer.Option(help="Fraction of them held out the same way for model selection.")] = 0.1,
+    beta: Annotated[float | None, typer.Option(help="Fraction of the users in both domains made cold in the target (test users); default 0.2.", show_default=False)] = None,
+    val_frac: Annotated[float | None, typer.Option(help="Fraction of them held out the same way for model selection; default 0.1.", show_default=False)] = None,
+    roles: Annotated[Path | None, typer.Option(help="Given roles instead of drawn ones: a CSV file with the header user,role and a line per user (train, val or test; a user in both domains not named trains). Not with --beta or --val-frac.")] = None,
     protocol: Annotated[str, typer.Option(help="rating (MAE, RMSE) or next-item (NDCG@10, ...).")] = "rating",
     ks: Annotated[str, typer.Option(help="Target support sizes K (0 = source history only).")] = "0,1,3,5,10",
     permute: Annotated[bool, typer.Option(help="The control: source histories permuted across users (must trip the alarm).")] = False,
@@ -32,7 +33,7 @@ def transfer(
     warns wherever transfer is significantly worse than tgt."""
     from thaw.eval.protocol import PROTOCOLS, DegenerateResultWarning
     from thaw.eval.report import format_tables, write_results
-    from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source
+    from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source, read_roles
     from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer
 
     if protocol not in PROTOCOLS:
@@ -43,8 +44,12 @@ def transfer(
         raise ThawError(f"--ks {ks}: give whole numbers separated by commas, e.g. 0,1,3,5,10") from None
     if not k_values or k_values[0] < 0:
         raise ThawError(f"--ks {ks}: give non-negative whole numbers, e.g. 0,1,3,5,10")
-    if not 0 < beta < 1:
+    if roles is not None and (beta is not None or val_frac is not None):
+        raise ThawError("--roles says who is held out: give it without --beta and --val-frac")
+    if beta is not None and not 0 < beta < 1:
         raise ThawError(f"--beta {beta:g}: the cold fraction of the users in both domains must be above 0 and below 1")
+    if roles is not None:
+        read_roles(roles)  # the file's own mistakes before any work; its users are checked below
     if (pair is None) == (source is None and target is None):
         raise ThawError("name a built-in pair, or give --source and --target (not both)")
     if pair is None and (source is None or target is None):
@@ -53,7 +58,7 @@ def transfer(
     if permute:
         data = permuted_source(data, seed=seed)
     typer.echo(data.summary())
-    split = cross_domain_split(data, beta, val_frac=val_frac, seed=seed)
+    split = cross_domain_split(data, beta, val_frac=val_frac, seed=seed, roles=roles)
     typer.echo(split.describe())
     with warnings.catch_warnings():
         for category in (DegenerateResultWarning, NegativeTransferWarning):
@@ -70,3 +75,4 @@ def transfer(
     paths = write_results([result], out, seed=seed, command=["thaw", *sys.argv[1:]],
                           title=f"thaw transfer: {data.name}")
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+

@@ -10,6 +10,7 @@ way for model selection, and nothing of either reaches ``fit`` in the target.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -149,33 +150,125 @@ def permuted_source(pair: CrossDomainDataset, seed: int = 0) -> CrossDomainDatas
     return CrossDomainDataset(f"{pair.name} (source permuted)", source, pair.target)
 
 
-def cross_domain_split(pair: CrossDomainDataset, beta: float = 0.2, *, val_frac: float = 0.1,
-                       seed: int = 0, n_negatives: int = 100) -> Split:
-    """PTUPCDR's split with a validation set: ``beta`` of the overlap users are test users cold
-    in the target, ``val_frac`` of them (drawn apart) validation users held out the same way
-    (beta = 0: no test users, what ``thaw fit`` fits a served model with).
+ROLES = ("train", "val", "test")
+"""A user's role in a cross-domain split (training, validation for model selection, test); the
+split's role code of a user is the role's position here."""
 
-    The split's ``train`` is the target's remaining interactions with the whole source domain
-    attached (``train.source_domain``: cold users' source histories stay, as in the protocol);
-    each held-out user's source history rides on their episodes as ``Context.source``.
-    """
+
+def read_roles(path: str | Path) -> pd.DataFrame:
+    """A roles file: CSV with a header line ``user,role`` and one line per user (the user's own
+    id, as in the interaction files; the role one of ``ROLES``). Checked against a pair by
+    ``cross_domain_split``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such roles file", file=str(path))
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot be read as a CSV file of user,role lines ({e})", file=str(path)) from None
+    missing = [c for c in ("user", "role") if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise DataError(f"a roles file needs the header line 'user,role' (columns found: {found})",
+                        file=str(path))
+    return frame[["user", "role"]]
+
+
+def _given_roles(pair: CrossDomainDataset, roles: Any) -> np.ndarray:
+    """Each user's role code from roles given by the user's own id (a mapping, a Series, a
+    DataFrame with columns user and role, or a roles file): errors name the user, and the
+    line when they come from a file."""
+    file = str(roles) if isinstance(roles, str | Path) else None
+    if file is not None:
+        roles = read_roles(roles)
+    if isinstance(roles, pd.DataFrame):
+        pairs = list(zip(roles["user"], roles["role"], strict=True))
+    elif isinstance(roles, Mapping | pd.Series):
+        pairs = list(roles.items())
+    else:
+        raise ThawError("roles: give a mapping of user id to role, a DataFrame with columns user "
+                        f"and role, or a CSV file of user,role lines, not {type(roles).__name__}")
+    names = [str(name).strip() for name, _ in pairs]
+    where = pd.Index(pair.target.user_ids.astype(str)).get_indexer(names)
+    in_both = np.zeros(pair.target.n_users, dtype=bool)
+    in_both[pair.overlap] = True
+    code = np.full(pair.target.n_users, -1, dtype=np.int8)
+    for row, (name, user, (_, role)) in enumerate(zip(names, where, pairs, strict=True)):
+        role = str(role).strip().lower()
+        problem = None
+        if role not in ROLES:
+            problem = f"user '{name}' has the role '{role}': a role is one of {', '.join(ROLES)}"
+        elif user < 0:
+            problem = f"user '{name}' is in neither domain of {pair.name}"
+        elif code[user] >= 0 and ROLES[code[user]] != role:
+            problem = f"user '{name}' is given two roles, {ROLES[code[user]]} and {role}"
+        elif role != "train" and not in_both[user]:
+            problem = (f"user '{name}' is given the role {role} but has interactions in only one "
+                       "domain: a held-out user needs a source history and target interactions")
+        if problem is not None:
+            raise DataError(problem, file=file, line=row + 2 if file is not None else None)
+        code[user] = ROLES.index(role)
+    return np.maximum(code, 0)  # a user not named trains
+
+
+def _drawn_roles(pair: CrossDomainDataset, beta: float, val_frac: float,
+                 order: np.ndarray) -> np.ndarray:
+    """Role codes drawn as PTUPCDR does: the first ``beta`` of the shuffled overlap users are
+    test users, the next ``val_frac`` validation users."""
+    given_beta = option("beta", f"{beta:g}", f"{beta:g}")
     if not 0 <= beta < 1:
-        raise ThawError(f"{option('beta')}{beta:g}: the cold fraction of overlap users must be "
-                        "above 0 and below 1")
+        raise ThawError(f"{given_beta}: the cold fraction of overlap users must be at least 0 and "
+                        "below 1")
     if not 0 <= val_frac < 1 or beta + val_frac >= 1:
-        raise ThawError(f"{option('val_frac')}{val_frac:g} with {option('beta')}{beta:g} leaves no "
-                        "overlap user to train the transfer on: the two must sum to less than 1")
-    overlap = pair.overlap
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(overlap)
+        raise ThawError(f"{option('val_frac', f'{val_frac:g}', f'{val_frac:g}')} with {given_beta} "
+                        "leaves no overlap user to train the transfer on: the two must sum to less "
+                        "than 1")
     n_test = int(round(beta * len(order)))
     n_val = int(round(val_frac * len(order)))
     if (beta > 0 and n_test == 0) or len(order) - n_test - n_val < 1:
         raise DataError(f"{pair.name}: {len(order)} overlap users are too few for "
                         f"beta={beta:g} and val_frac={val_frac:g}")
-    role = np.zeros(pair.target.n_users, dtype=np.int8)
-    role[order[:n_test]] = 2
-    role[order[n_test:n_test + n_val]] = 1
+    code = np.zeros(pair.target.n_users, dtype=np.int8)
+    code[order[:n_test]] = ROLES.index("test")
+    code[order[n_test:n_test + n_val]] = ROLES.index("val")
+    return code
+
+
+def cross_domain_split(pair: CrossDomainDataset, beta: float | None = None, *,
+                       val_frac: float | None = None, seed: int = 0, n_negatives: int = 100,
+                       roles: Any = None) -> Split:
+    """PTUPCDR's split with a validation set: ``beta`` (default 0.2) of the overlap users are
+    test users cold in the target, ``val_frac`` (default 0.1) of them (drawn apart) validation
+    users held out the same way (beta = 0: no test users, what ``thaw fit`` fits a served model
+    with).
+
+    ``roles`` gives the roles instead of drawing them: each user's own id (as in the data) to
+    "train", "val" or "test", as a mapping, a pandas Series, or a CSV file of ``user,role``
+    lines (``read_roles``); an overlap user it does not name trains, and validation and test
+    users must be overlap users. The negatives are drawn as for the drawn split of the same
+    seed, so handing back the roles a split drew gives that split again.
+
+    The split's ``train`` is the target's remaining interactions with the whole source domain
+    attached (``train.source_domain``: cold users' source histories stay, as in the protocol);
+    each held-out user's source history rides on their episodes as ``Context.source``.
+    """
+    overlap = pair.overlap
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(overlap)  # drawn either way: the negatives come from the same stream
+    if roles is None:
+        beta = 0.2 if beta is None else beta
+        val_frac = 0.1 if val_frac is None else val_frac
+        role = _drawn_roles(pair, beta, val_frac, order)
+        kind = f"cross-domain beta={beta:g}"
+    else:
+        if beta is not None or val_frac is not None:
+            raise ThawError(f"give roles ({option('roles', 'FILE', 'ROLES')}) or the fractions "
+                            "that draw them (beta, val_frac), not both")
+        role = _given_roles(pair, roles)
+        if not (role[overlap] == 0).any():
+            raise DataError(f"{pair.name}: the given roles leave no overlap user to train the "
+                            "transfer on")
+        kind = "cross-domain, given roles"
     target = pair.target.interactions
     target = target.take(chronological_order(target, seed))
     u_role = role[target.user]
@@ -193,7 +286,7 @@ def cross_domain_split(pair: CrossDomainDataset, beta: float = 0.2, *, val_frac:
     train = replace(pair.target.with_interactions(target.take(u_role == 0),
                                                   name=f"{pair.target.name}:train"),
                     source_domain=pair.source)
-    return Split(f"cross-domain beta={beta:g}", train, parts[1], parts[2], negatives, seed=seed,
+    return Split(kind, train, parts[1], parts[2], negatives, seed=seed,
                  seen=items_by_user(target, [*parts[1], *parts[2]]), sources=sources)
 
 
