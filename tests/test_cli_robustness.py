@@ -499,3 +499,29 @@ def test_a_param_no_model_can_use_is_an_error_before_any_work(thaw_main, tmp_pat
 
 def test_infinity_is_a_param_value_where_the_model_itself_uses_it():
     assert cli._parse_params(["hml-soft.temperature=inf"])["hml-soft"]["temperature_grid"] == (float("inf"),)
+
+
+def test_the_python_api_names_a_bad_index_context_or_unfitted_model():
+    from thaw.data.schema import Interactions
+    from thaw.models.base import Context
+    from thaw.registry import make_model
+
+    data = make_synthetic(n_users=30, n_items=20, seed=0)
+    with pytest.raises(errors.ThawError, match="item index -1 is negative"):
+        Interactions.of([3, -1])
+    with pytest.raises(errors.ThawError, match="Context.history must be Interactions"):
+        Context(user=None, history=None)
+    with pytest.raises(errors.ThawError, match="Context.user is a training user's internal index"):
+        Context(user=-1)
+    with pytest.raises(errors.ThawError, match="model 'mf' is not fitted: call fit"):
+        make_model("mf").score(Context(None), np.arange(5))
+    model = make_model("mf", iterations=2).fit(data)
+    assert model.fitted_on == (data.n_users, data.n_items)
+    for items, history, bad in (([0, -1], [], "-1"), ([0, 9999], [], "9999"), ([0, 1], [20], "20")):
+        with pytest.raises(errors.ThawError, match=f"index {bad} is not an item of its data set"):
+            model.score(Context(None, Interactions.of(history)), np.asarray(items))
+    with pytest.raises(errors.ThawError, match="user index 30 is not a user"):
+        model.predict(Context(30), np.arange(3))
+    with pytest.raises(errors.ThawError, match="scores a Context"):
+        model.score_many([None], [np.arange(3)])
+    assert model.score(Context(None, Interactions.of([19])), np.arange(20)).shape == (20,)

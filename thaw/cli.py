@@ -201,7 +201,7 @@ def _numbers(value: Any) -> list[float]:
 def _check_values(model: str, values: Mapping[str, Any]) -> None:
     """Numbers no model can use, refused before any work: NaN, a negative number, infinity
     (except where the model's own defaults hold it: hml-soft's temperatures), and below 1 for
-    a setting that counts something (``Recommender.counts``)."""
+    a setting that counts something (``Recommender.counting_params``)."""
     import math
 
     from thaw.registry import model_class, parameters
@@ -218,7 +218,7 @@ def _check_values(model: str, values: Mapping[str, Any]) -> None:
             elif math.isinf(number) and not any(math.isinf(d) for r in related[name] if r in defaults
                                                 for d in _numbers(defaults[r].default)):
                 why = "is not a finite number"
-            elif name in cls.counts and number < 1:
+            elif name in cls.counting_params and number < 1:
                 why = "must be at least 1 (it counts something the model cannot do without)"
             else:
                 continue
@@ -505,6 +505,10 @@ def run(
     previous = _check_out(out, settings, overwrite)
     data = _load(dataset, None, None)
     _warn_missing_text(data, names)
+    if "stack" in names:
+        # The stack's out-of-fold fits, sized for the main job's time on two cores: three folds
+        # of the four members best on validation (plus the fallback and content).
+        params["stack"] = {**MAIN_JOB_STACK, **params.get("stack", {})}
     runs = [(make_split(data, "new-user", seed=seed), names)]
     item_names = [n for n in names if n in ITEM_COLD_MODELS]
     for kind in ("new-item", "both"):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from thaw.errors import DataError
+from thaw.errors import DataError, ThawError
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,14 @@ class Interactions:
     @classmethod
     def of(cls, items: Sequence[int], ratings: Sequence[float] | None = None,
            ts: Sequence[int] | None = None, user: int = -1) -> Interactions:
-        """One user's history from plain lists (ratings default to 1, ts to 0, 1, 2, ...)."""
+        """One user's history from plain lists (ratings default to 1, ts to 0, 1, 2, ...).
+        ``items`` are internal indices (``Dataset.item_index`` maps raw ids to them): a
+        negative one is a ThawError, not the last items counted from the end."""
         n = len(items)
+        given = np.asarray(items)
+        if given.size and given.dtype.kind in "iuf" and given.min() < 0:
+            raise ThawError(f"Interactions.of: item index {given.min():g} is negative; items are internal "
+                            "indices 0 to n - 1 (Dataset.item_index maps raw ids to them)")
         return cls(
             np.full(n, user),
             np.asarray(items),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,20 @@ class Context:
     """Side features (age, gender, occupation, ...); may be empty."""
     source: Interactions | None = None
     """History in another domain, for cross-domain transfer."""
+
+    def __post_init__(self) -> None:
+        user = self.user
+        if user is not None and (isinstance(user, bool) or not isinstance(user, numbers.Integral) or user < 0):
+            raise ThawError(f"Context.user is a training user's internal index (0 or more) or None for a "
+                            f"user unseen in training, got {user!r}")
+        for name in ("history", "source"):
+            value = getattr(self, name)
+            if not isinstance(value, Interactions) and (name == "history" or value is not None):
+                raise ThawError(f"Context.{name} must be Interactions (Interactions.of(items, ratings); "
+                                f"Interactions.empty() for none), got {type(value).__name__}")
+        if not isinstance(self.profile, Mapping):
+            raise ThawError(f"Context.profile must be a mapping of field to value (empty: {{}}), got "
+                            f"{type(self.profile).__name__}")
 
 
 class Validator(Protocol):
@@ -110,7 +126,7 @@ class Recommender:
     that holds its candidates (mf: ``{"reg": "grid"}``). Given a validator and two or more
     candidates, the setting's own value is replaced by the best of them; with one candidate it
     is kept. The command line reads this to honour a setting given alone (a one-value grid)."""
-    counts: frozenset[str] = frozenset({
+    counting_params: frozenset[str] = frozenset({
         "dim", "hidden", "text_dim", "attention_dim", "iterations", "epochs", "batch_size",
         "check_every", "steps_per_epoch", "tasks_per_user", "neighbours", "n_inits", "n_folds",
         "folds", "n_blocks", "n_heads", "n_groups", "max_len", "max_support", "max_query",
@@ -120,6 +136,41 @@ class Recommender:
     a model takes may be 0 (and none may be negative or NaN)."""
     _transient: tuple[str, ...] = ()
     """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
+    fitted_on: tuple[int, int] | None = None
+    """(users, items) of the data set the last ``fit`` saw; None before any fit. ``score`` and
+    ``predict`` refuse a user or item index outside it (a service that adds items after the
+    fit moves it on)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every model's own ``fit`` records ``fitted_on``, and its own ``score``, ``predict``
+        and their batch forms check the request first (``check_request``)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("fit", "score", "predict", "score_many", "predict_many"):
+            method = vars(cls).get(name)
+            if callable(method) and not getattr(method, "checked_by_thaw", False):
+                setattr(cls, name, _recording_fit(method) if name == "fit" else
+                        _checked(method, many=name.endswith("_many")))
+
+    def check_request(self, ctx: Context, items: Any) -> None:
+        """A ThawError for what would otherwise wrap around or fail deep inside the model: a
+        context that is not a Context, or an index (of ``items``, the history's items or the
+        user) below 0 or past the data set the model was fitted on."""
+        if not isinstance(ctx, Context):
+            raise ThawError(f"model '{self.name}' scores a Context (the user) and an array of item "
+                            f"indices, got {type(ctx).__name__} for the context")
+        n_users, n_items = self.fitted_on or (None, None)
+        for what, values in (("item", items), ("history item", ctx.history.item)):
+            values = np.asarray(values)
+            if values.size == 0 or values.dtype.kind not in "iuf":
+                continue
+            bad = values[(values < 0) | (values >= (np.inf if n_items is None else n_items))]
+            if len(bad):
+                known = "0 or more" if n_items is None else f"0 to {n_items - 1}"
+                raise ThawError(f"model '{self.name}': {what} index {bad[0]:g} is not an item of its data "
+                                f"set (internal indices {known}; Dataset.item_index maps raw ids to them)")
+        if ctx.user is not None and n_users is not None and ctx.user >= n_users:
+            raise ThawError(f"model '{self.name}': user index {ctx.user} is not a user of its data set "
+                            f"(0 to {n_users - 1}); a user unseen in training is user=None")
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         raise NotImplementedError
@@ -168,6 +219,40 @@ class Recommender:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _recording_fit(fit: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fit)
+    def recorded(self: Recommender, data: Dataset, *args: Any, **kwargs: Any) -> Any:
+        before = self.fitted_on
+        self.fitted_on = (int(data.n_users), int(data.n_items))  # fit validates on this data
+        try:
+            return fit(self, data, *args, **kwargs)
+        except BaseException:
+            self.fitted_on = before
+            raise
+
+    recorded.checked_by_thaw = True  # type: ignore[attr-defined]
+    return recorded
+
+
+def _checked(method: Callable[..., Any], many: bool = False) -> Callable[..., Any]:
+    """``method`` (score or predict; with ``many``, their batch forms) after ``check_request``
+    on each context, and a ThawError instead of the AttributeError of a model never fitted."""
+    @functools.wraps(method)
+    def checked(self: Recommender, ctx: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
+        for one, these in (zip(ctx, items, strict=False) if many else [(ctx, items)]):
+            self.check_request(one, these)
+        try:
+            return method(self, ctx, items, *args, **kwargs)
+        except AttributeError:
+            if self.fitted_on is None:  # what it reached for is made by fit
+                raise ThawError(f"model '{self.name}' is not fitted: call fit(data) before "
+                                f"{method.__name__} (or thaw.load a fitted one)") from None
+            raise
+
+    checked.checked_by_thaw = True  # type: ignore[attr-defined]
+    return checked
 
 
 class EarlyStopping:

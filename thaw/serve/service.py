@@ -186,6 +186,8 @@ class ContentExtension:
             else:
                 empty = np.zeros(base.shape[1], dtype=base.dtype)
                 base = np.vstack([base, *(np.asarray(self.rows.get(i, empty)).ravel() for i in order)])
+        if content.fitted_on is not None:  # its indices now reach the new items too
+            content.fitted_on = (content.fitted_on[0], n_total)
         content.vectors = base  # last: any index a request holds is valid in every array
 
     def check(self, n_total: int) -> bool:
