@@ -505,10 +505,6 @@ def run(
     previous = _check_out(out, settings, overwrite)
     data = _load(dataset, None, None)
     _warn_missing_text(data, names)
-    if "stack" in names:
-        # The stack's out-of-fold fits, sized for the main job's time on two cores: three folds
-        # of the four members best on validation (plus the fallback and content).
-        params["stack"] = {**MAIN_JOB_STACK, **params.get("stack", {})}
     runs = [(make_split(data, "new-user", seed=seed), names)]
     item_names = [n for n in names if n in ITEM_COLD_MODELS]
     for kind in ("new-item", "both"):
