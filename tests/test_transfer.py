@@ -1,8 +1,8 @@
 """Cross-domain transfer: on planted data where each user's target taste is a user-specific map
-of their source taste, ptupcdr beats emcdr, which beats tgt at K = 0; a source permuted across
+of their source taste, ptupcdr and emcdr beat tgt by far at K = 0; a source permuted across
 users trips the negative-transfer alarm; padding never collides with an item; no held-out
 user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row;
-roles can be given instead of drawn."""
+roles can be given instead of drawn; every transfer model selects by the stack's metric."""
 
 import warnings
 
@@ -14,11 +14,12 @@ import torch
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.synthetic import make_mapped_domains
 from thaw.errors import DataError, ThawError
-from thaw.eval.protocol import compare, episodes
+from thaw.eval.protocol import SplitValidator, episodes
 from thaw.models.base import Context, Recommender
 from thaw.models.persist import load
-from thaw.stack.router import SOURCE_ROW
+from thaw.stack.router import SOURCE_ROW, episode_value
 from thaw.transfer import cross_domain_split, from_files, genre_domains, permuted_source
+from thaw.transfer.base import selection
 from thaw.transfer.baselines import CollectiveMF, TargetOnly
 from thaw.transfer.emcdr import EMCDR
 from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, transfer_stack
@@ -47,13 +48,16 @@ def mae(result, k=0):
     return t[(t.metric == "mae") & (t.K == k)].set_index("model")["value"]
 
 
-def test_personal_bridge_beats_global_map_beats_target_only(planted):
+def test_transfer_beats_target_only_by_far(planted):
     _, result = planted
     m = mae(result)
-    assert m["emcdr"] < m["tgt"] - 0.3, m  # tgt knows only item means at K = 0
-    assert m["ptupcdr"] < m["emcdr"], m
-    tests = compare(result.per_user[result.per_user.metric == "mae"], [("ptupcdr", "emcdr")])
-    assert tests.iloc[0]["better"] == "ptupcdr" and tests.iloc[0]["p_value"] < 0.05
+    assert m["emcdr"] < m["tgt"] - 0.3 and m["ptupcdr"] < m["tgt"] - 0.3, m  # tgt: item means at K = 0
+    # PTUPCDR's per-user bridge no longer beats EMCDR here. EMCDR's MLP reads the user's half
+    # from the source factor too (the marker items are in it) once the target factorisation is
+    # regularised lightly: selected by MAE, its reg is 0.03 on this seed (emcdr 0.468, ptupcdr
+    # 0.486), by RMSE it was 0.3 (0.639 against 0.462); the two differ by 0.002 in validation
+    # MAE at K = 0. So the test asks for the two to be level, not for an order.
+    assert abs(m["ptupcdr"] - m["emcdr"]) < 0.1 * m["emcdr"], m
     assert not [a for a in result.meta["negative_transfer"] if a["model_a"] != "cmf"]
 
 
@@ -316,3 +320,21 @@ def test_given_roles_are_checked(pair, tmp_path):
     file.write_text(f"id,kind\n{first},test\n")
     with pytest.raises(DataError, match="header line 'user,role'"):
         cross_domain_split(pair, roles=file)
+
+
+def test_one_selection_metric_the_stacks(planted):
+    split, _ = planted
+    validator = SplitValidator(split, "rating", (0, 3))
+    model = TargetOnly(seed=0).fit(split.train)
+    stack_metric = np.mean([episode_value(model.predict(e.context, e.candidates), e.truth, "rating")[0]
+                            for e in validator.episodes])
+    assert selection(validator)(model) == pytest.approx(stack_metric)  # minus the mean MAE, not RMSE
+    # What a transfer model chooses on validation users is the best by that metric.
+    emcdr = EMCDR(epochs=2, seed=0)
+    emcdr.set_task("rating")
+    emcdr.fit(split.train, validate=validator)
+    chosen, values = emcdr.prior_weight, {}
+    for weight in EMCDR.prior_grid:
+        emcdr.prior_weight = weight
+        values[weight] = selection(validator)(emcdr)
+    assert chosen == max(values, key=values.get)

@@ -26,6 +26,40 @@ from thaw.models.mf import MatrixFactorization
 TASKS = ("next-item", "rating")
 
 
+class MAEValidator:
+    """Rating models scored by minus the mean over validation episodes of each episode's MAE;
+    any other model as the wrapped validator scores it (NDCG@10)."""
+
+    def __init__(self, inner: Validator) -> None:
+        self.inner = inner
+        self.episodes = inner.episodes  # type: ignore[attr-defined]
+
+    def __call__(self, model: Recommender) -> float:
+        if not model.predicts_ratings:
+            return float(self.inner(model))
+        eps = self.episodes
+        outputs = model.predict_many([e.context for e in eps], [e.candidates for e in eps])
+        return -float(np.mean([np.mean(np.abs(np.asarray(o, dtype=np.float64) - e.truth))
+                               for o, e in zip(outputs, eps, strict=True)]))
+
+
+def selection(validate: Validator | None) -> Validator | None:
+    """The validator every cross-domain model selects with (its regularisation, fold-in prior,
+    mapping epochs and prior weight): on the rating protocol, minus the mean per-episode MAE.
+
+    One metric for everything the transfer protocol chooses on validation users. The stack
+    over these models learns its routes and blends by per-episode MAE
+    (``thaw.stack.router.episode_value``), and MAE is the rating tables' headline, as in the
+    EMCDR and PTUPCDR papers; thaw's validator selects rating models by RMSE, so a member
+    would otherwise be tuned for one error and weighed by another. MAE also keeps a few users
+    with extreme ratings from making every choice. Next-item selection stays NDCG@10 (what
+    the stack uses too); a validator that does not hold its episodes (not
+    ``SplitValidator``) is used as given."""
+    if validate is None or getattr(validate, "protocol", None) != "rating" or not hasattr(validate, "episodes"):
+        return validate
+    return validate if isinstance(validate, MAEValidator) else MAEValidator(validate)
+
+
 def source_domain(data: Dataset, model: str) -> Dataset:
     """The source domain a cross-domain data set carries, or a clear error."""
     if data.source_domain is None:
@@ -56,7 +90,7 @@ class TransferModel(Recommender):
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         source = source_domain(data, self.name)
-        validate = usable_validator(validate)
+        validate = selection(usable_validator(validate))
         # The target side is tgt's own (reg chosen on validation the same way), so any gap
         # between this model and tgt is the transfer's.
         self.target_mf = MatrixFactorization(self.dim, self.reg, seed=self.seed).fit(data, validate)

@@ -17,13 +17,16 @@ import numpy as np
 from thaw.data.schema import Dataset, Interactions
 from thaw.models.base import Context, Recommender, Validator, usable_validator, validation_score
 from thaw.models.mf import MatrixFactorization
-from thaw.transfer.base import has_source, source_domain
+from thaw.transfer.base import has_source, selection, source_domain
 
 
 class TargetOnly(MatrixFactorization):
     """Target-only MF with fold-in: what transfer is measured against (it ignores ctx.source)."""
 
     name = "tgt"
+
+    def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        return super().fit(data, selection(usable_validator(validate)))
 
 
 class CollectiveMF(Recommender):
@@ -43,7 +46,7 @@ class CollectiveMF(Recommender):
         joined = Dataset(f"{data.name}+source", both, data.user_ids,
                          np.concatenate([data.item_ids, source.item_ids]).astype(object),
                          rating_scale=data.rating_scale)
-        validate = usable_validator(validate)
+        validate = selection(usable_validator(validate))
         if validate is None:
             self.mf = MatrixFactorization(self.dim, self.reg, grid=(self.reg,), seed=self.seed).fit(joined)
             return self
