@@ -525,3 +525,28 @@ def test_the_python_api_names_a_bad_index_context_or_unfitted_model():
     with pytest.raises(errors.ThawError, match="scores a Context"):
         model.score_many([None], [np.arange(3)])
     assert model.score(Context(None, Interactions.of([19])), np.arange(20)).shape == (20,)
+
+
+@pytest.fixture(scope="module")
+def segment_pop_dir(tmp_path_factory):
+    """A segment-pop model saved with its data set, as `thaw fit` saves it (fitted in a blink)."""
+    from thaw.registry import make_model
+
+    data = make_synthetic(n_users=60, n_items=30, seed=1)
+    model = make_model("segment-pop", smoothing=1.0).fit(data)
+    model.dataset = data
+    return model.save(tmp_path_factory.mktemp("model") / "segment-pop")
+
+
+def test_a_profile_value_no_user_has_is_named_and_its_case_is_mended(thaw_main, segment_pop_dir):
+    answers = {}
+    for profile, message in (("gender=Q", "--profile gender=Q: no user of the data set has that gender (its "
+                                          "values: F, M)"),
+                             ("age=-5", "--profile age=-5 is outside the data set's age values"),
+                             ("age=nan", "--profile age=nan is outside the data set's age values"),
+                             ("gender=f", None), ("gender=F", None)):
+        full = profile + (",age=30" if profile.startswith("gender") else ",gender=F")  # segment: both
+        code, out, err = thaw_main("recommend", segment_pop_dir, "--profile", full, "-n", "5")
+        assert code == 0 and (message in err if message else "warning" not in err), (profile, err)
+        answers[profile] = out
+    assert answers["gender=f"] == answers["gender=F"] != answers["gender=Q"]

@@ -699,8 +699,34 @@ def _profile(data, text: str) -> dict:
                 value = float(value)
             except ValueError:
                 raise ThawError(f"--profile: {key.strip()} is a number in this data set, got '{value}'") from None
-        out[key.strip()] = value
+        out[key.strip()] = _known_value(key.strip(), value, column)
     return out
+
+
+def _known_value(key: str, value: Any, column: Any) -> Any:
+    """``value`` as the data set spells it when only its case differs (gender=f -> F); a value
+    no user has (gender=Q, age=-5, age=nan) is kept, with a warning naming it, since models
+    treat it as unknown (segment-pop then ranks by global popularity)."""
+    import math
+
+    seen = column.dropna()
+    if isinstance(value, float):
+        if len(seen) and not (math.isfinite(value) and seen.min() <= value <= seen.max()):
+            warnings.warn(f"--profile {key}={value:g} is outside the data set's {key} values ({seen.min():g} to "
+                          f"{seen.max():g}): models treat it as unknown, so answers fall back to "
+                          "what fits everyone (global popularity for segment-pop)", stacklevel=2)
+        return value
+    values = sorted({str(v) for v in seen})
+    if value in values or not values:
+        return value
+    same = [v for v in values if v.lower() == value.lower()]
+    if len(same) == 1:
+        return same[0]
+    warnings.warn(f"--profile {key}={value}: no user of the data set has that {key} (its values: "
+                  f"{', '.join(values[:10])}{', ...' if len(values) > 10 else ''}): models treat it as "
+                  "unknown, so answers fall back to what fits everyone (global popularity for "
+                  "segment-pop)", stacklevel=2)
+    return value
 
 
 stack_app = typer.Typer(help="Inspect a fitted stack.", no_args_is_help=True)
