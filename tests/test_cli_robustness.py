@@ -550,3 +550,25 @@ def test_a_profile_value_no_user_has_is_named_and_its_case_is_mended(thaw_main, 
         assert code == 0 and (message in err if message else "warning" not in err), (profile, err)
         answers[profile] = out
     assert answers["gender=f"] == answers["gender=F"] != answers["gender=Q"]
+
+
+def test_history_items_with_commas_can_be_given(thaw_main, tmp_path):
+    import dataclasses
+
+    from thaw.registry import make_model
+
+    data = make_synthetic(n_users=60, n_items=30, seed=1)
+    ids = data.item_ids.astype(object)
+    ids[:2] = ["Godfather, The (1972)", "Alien (1979)"]
+    data = dataclasses.replace(data, item_ids=ids)
+    model = make_model("pop").fit(data)
+    model.dataset = data
+    path = model.save(tmp_path / "pop")
+    top_all = thaw_main("recommend", path, "-n", "30")[1]
+    assert "Godfather, The (1972)" in top_all
+    code, out, err = thaw_main("recommend", path, "--history", "Godfather, The (1972)", "--history", "i3,i4",
+                               "--ratings", "5,4,3", "-n", "30")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 27 and "Godfather" not in out and " i3 " not in out
+    code, _, err = thaw_main("recommend", path, "--history", "Godfather", "-n", "3")
+    assert code == 2 and "unknown item(s) Godfather" in err

@@ -640,7 +640,7 @@ def fit(
 @app.command()
 def recommend(
     model_dir: Annotated[Path, typer.Argument(help="A folder written by `thaw fit`.")],
-    history: Annotated[str, typer.Option(help="Items the user interacted with, oldest first, as the data set names them (empty: a brand-new user).")] = "",
+    history: Annotated[list[str] | None, typer.Option(help="Items the user interacted with, oldest first, as the data set names them, comma-separated or the option repeated; a value that names one item whole is that item, commas and all (--history 'Godfather, The (1972)'). None: a brand-new user.")] = None,
     ratings: Annotated[str | None, typer.Option(help="Their ratings, comma-separated (default: the data set's mean rating).")] = None,
     profile: Annotated[str, typer.Option(help="Side features, e.g. gender=F,age=25.")] = "",
     n: Annotated[int, typer.Option("-n", "--n", help="How many items to recommend.")] = 10,
@@ -665,10 +665,12 @@ def recommend(
         typer.echo(f"{rank:3d}. {data.item_ids[item]:>8s}  {score:9.4f}{title}")
 
 
-def _history(data, text: str, ratings: str | None):
+def _history(data, texts: list[str] | None, ratings: str | None):
     from thaw.data.schema import Interactions
 
-    raw = [t.strip() for t in text.split(",") if t.strip()]
+    names = set(data.item_ids.astype(str))
+    raw = [name for text in texts or [] for name in
+           ([text.strip()] if text.strip() in names else [t.strip() for t in text.split(",") if t.strip()])]
     items = data.item_index(raw)
     if ratings is None:
         values = [float(data.interactions.rating.mean())] * len(raw)
