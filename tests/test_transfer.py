@@ -2,7 +2,8 @@
 of their source taste, ptupcdr and emcdr beat tgt by far at K = 0; a source permuted across
 users trips the negative-transfer alarm; padding never collides with an item; no held-out
 user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row;
-roles can be given instead of drawn; every transfer model selects by the stack's metric."""
+roles can be given instead of drawn; tgt at K = 0 is popularity's item means; every transfer
+model selects by the stack's metric."""
 
 import warnings
 
@@ -16,6 +17,7 @@ from thaw.data.synthetic import make_mapped_domains
 from thaw.errors import DataError, ThawError
 from thaw.eval.protocol import SplitValidator, episodes
 from thaw.models.base import Context, Recommender
+from thaw.models.baselines import Popularity
 from thaw.models.persist import load
 from thaw.stack.router import SOURCE_ROW, episode_value
 from thaw.transfer import cross_domain_split, from_files, genre_domains, permuted_source
@@ -121,13 +123,18 @@ def test_padding_never_collides_with_an_item(planted):
     assert torch.allclose(short, net(x, torch.tensor(padded)), atol=1e-6)  # padding is invisible
 
 
-def test_tgt_at_k0_is_item_means_not_a_random_user(planted):
+def test_tgt_at_k0_is_shrunk_item_means_not_a_random_user(planted):
     split, _ = planted
     model = TargetOnly(seed=0).fit(split.train)
-    e = model.explicit
+    pop = Popularity().fit(split.train)
     items = np.arange(10)
     ctx = Context(user=None, source=Interactions.of([1, 2], ratings=[5, 1]))
-    assert np.allclose(model.predict(ctx, items), e["mean"] + e["item_bias"][items])
+    assert np.allclose(model.predict(ctx, items), pop.predict(ctx, items))
+    # On every test user's ratings at K = 0, tgt's errors are popularity's, not worse.
+    eps = episodes(split, "test", 0, "rating", max_k=0)
+    errors = {m: np.concatenate([np.abs(m.predict(e.context, e.candidates) - e.truth) for e in eps])
+              for m in (model, pop)}
+    assert errors[model].mean() <= errors[pop].mean() + 1e-12
 
 
 def test_transfer_without_a_source_is_target_only(planted):
@@ -137,6 +144,8 @@ def test_transfer_without_a_source_is_target_only(planted):
     support = Interactions.of([3, 4, 9], ratings=[4, 2, 5])
     ctx = Context(user=None, history=support)
     assert np.allclose(emcdr.predict(ctx, np.arange(20)), tgt.predict(ctx, np.arange(20)))
+    nothing = Context(user=None)
+    assert np.allclose(emcdr.predict(nothing, np.arange(20)), tgt.predict(nothing, np.arange(20)))
     with_source = Context(user=None, history=support, source=Interactions.of([10, 11], ratings=[5, 1]))
     assert not np.allclose(emcdr.predict(with_source, np.arange(20)), tgt.predict(ctx, np.arange(20)))
 

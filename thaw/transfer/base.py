@@ -21,6 +21,7 @@ from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
 from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender, Validator, choose_on_validation, train_epochs, usable_validator
+from thaw.models.baselines import Popularity
 from thaw.models.mf import MatrixFactorization
 
 TASKS = ("next-item", "rating")
@@ -73,6 +74,12 @@ def has_source(ctx: Context) -> bool:
     return ctx.source is not None and len(ctx.source) > 0
 
 
+def cold_means(data: Dataset) -> np.ndarray:
+    """The rating of each target item for a cold user with no target history and nothing to
+    transfer: popularity's item means, shrunk toward the global mean (``Popularity``)."""
+    return Popularity().fit(data).item_means
+
+
 class TransferModel(Recommender):
     """Base of emcdr and ptupcdr: subclasses learn ``_fit_map`` (source vectors of overlap
     users -> their target vectors, per task) and ``_map`` (one user's transferred guess)."""
@@ -91,9 +98,11 @@ class TransferModel(Recommender):
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         source = source_domain(data, self.name)
         validate = selection(usable_validator(validate))
-        # The target side is tgt's own (reg chosen on validation the same way), so any gap
-        # between this model and tgt is the transfer's.
+        # The target side is tgt's own (reg chosen on validation the same way, and popularity's
+        # ratings with neither target history nor source), so any gap between this model and
+        # tgt is the transfer's.
         self.target_mf = MatrixFactorization(self.dim, self.reg, seed=self.seed).fit(data, validate)
+        self.cold_means = cold_means(data)
         self.source_mf = MatrixFactorization(self.dim, self.reg, grid=(self.reg,),
                                              seed=self.seed).fit(source)
         target_hist = by_user(data.interactions.take(chronological_order(data.interactions, self.seed)))
@@ -154,4 +163,6 @@ class TransferModel(Recommender):
         return self.target_mf.output(self._vector(ctx, "next-item"), items, "next-item")
 
     def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        if len(ctx.history) == 0 and not has_source(ctx) and getattr(self, "cold_means", None) is not None:
+            return self.cold_means[items]  # tgt's answer (a save from before it: mf's, below)
         return self.target_mf.output(self._vector(ctx, "rating"), items, "rating")

@@ -2,8 +2,8 @@
 factorisation over both domains.
 
 ``tgt`` is the honest target-only model: thaw's ``mf`` on the target, cold users folded in from
-their target support and, with none, the target's item means (ratings) or its average user
-(ranking). PTUPCDR's public baseline leaves cold users' embeddings at their random
+their target support and, with none, popularity's shrunk item means (ratings) or the average
+training user (ranking). PTUPCDR's public baseline leaves cold users' embeddings at their random
 initialisation instead, which makes any transfer look several times better than it is.
 """
 
@@ -17,16 +17,36 @@ import numpy as np
 from thaw.data.schema import Dataset, Interactions
 from thaw.models.base import Context, Recommender, Validator, usable_validator, validation_score
 from thaw.models.mf import MatrixFactorization
-from thaw.transfer.base import has_source, selection, source_domain
+from thaw.transfer.base import cold_means, has_source, selection, source_domain
 
 
 class TargetOnly(MatrixFactorization):
-    """Target-only MF with fold-in: what transfer is measured against (it ignores ctx.source)."""
+    """Target-only MF with fold-in (``tgt``): what transfer is measured against (it ignores
+    ctx.source).
+
+    A cold user with no target history is given popularity's ratings (``cold_means``), not the
+    factorisation's mean + item bias: those biases are fitted beside every training user's own
+    bias under a penalty that grows with the item's ratings, so a rare item's few ratings are
+    hardly shrunk (on ML-100k drama-comedy, tgt's K = 0 MAE was 0.856 against pop's 0.848).
+    With it the negative-transfer alarm never compares transfer with a baseline weaker than
+    popularity. From one target interaction on, the user is folded in as ``mf`` does.
+    """
 
     name = "tgt"
 
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
-        return super().fit(data, selection(usable_validator(validate)))
+        # Settings are chosen on mf's own answers, as for every transfer model's target side
+        # (popularity's K = 0 answer does not depend on them), so tgt is that side exactly.
+        self.cold_means = None
+        super().fit(data, selection(usable_validator(validate)))
+        self.cold_means = cold_means(data)
+        return self
+
+    def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        known = ctx.user is not None and self.known_users[ctx.user]
+        if len(ctx.history) == 0 and not known and getattr(self, "cold_means", None) is not None:
+            return self.cold_means[items]  # (None while fitting, and in a save from before it)
+        return super().predict(ctx, items)
 
 
 class CollectiveMF(Recommender):
