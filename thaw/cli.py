@@ -81,9 +81,12 @@ app = typer.Typer(cls=_LazyGroup, help="thaw: recommendation for users and items
 DEFAULT_DATASET = "ml-100k"
 MAX_JOBS = 4
 # The main job's new-item and both-cold runs: the models that can score an item nobody has
-# rated (through its content or features, or a popularity prior), and the stack over them.
+# rated (through its content or features, or a popularity prior), and the stack's band table
+# over them (the learned stacker's folds are of users: it has learned nothing about new items).
 ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr", "melu",
-                    "fomaml", "widedeep", "deepfm", "coldwarm", "stack")
+                    "fomaml", "widedeep", "deepfm", "coldwarm", "stack-table")
+STACKS = ("stack", "stack-table")  # the models made of the other models of a run
+MAIN_JOB_STACK = {"folds": 3, "max_learned": 6}
 ITEM_STRATA = (0, 1, 3, 5, 10)
 # Options that change how a run goes, not what it computes: a results folder written with
 # other values of these is still "the same command" (see OUT_HELP).
@@ -182,7 +185,7 @@ def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
         if not (sep and dot and model and name):
             raise ThawError(f"--param takes MODEL.NAME=VALUE (e.g. sasrec.epochs=25), got '{piece.strip()}'")
         model_class(model)  # an unknown model is an error naming the known ones
-        if model == "stack" and name == "members":
+        if model in STACKS and name == "members":
             raise ThawError("--param cannot set the stack's members: they are the other models of "
                             "--models (evaluate, run) or --members (fit)")
         params.setdefault(model, {})[name] = parse_param(model, name, value)
@@ -253,7 +256,7 @@ def _honour_chosen(model: str, values: dict[str, Any]) -> None:
 def _check_params(params: Mapping[str, Any], names: list[str]) -> None:
     from thaw.stack.router import FALLBACK
 
-    in_play = set(names) | ({FALLBACK} if "stack" in names else set())
+    in_play = set(names) | ({FALLBACK} if set(STACKS) & set(names) else set())
     stray = sorted(set(params) - in_play)
     if stray:
         raise ThawError(f"--param names {', '.join(stray)}, not among the models run "
@@ -382,10 +385,10 @@ def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, 
     make; random is a sanity line, not a candidate."""
     from thaw.registry import make_model
 
-    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if n != "stack"}
-    if "stack" in names:
-        members = [m for n, m in models.items() if n != "random"]
-        models["stack"] = make_model("stack", members=members, **{"seed": seed, **params.get("stack", {})})
+    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if n not in STACKS}
+    members = [m for n, m in models.items() if n != "random"]
+    for stack in (n for n in STACKS if n in names):
+        models[stack] = make_model(stack, members=members, **{"seed": seed, **params.get(stack, {})})
     return models
 
 
@@ -505,6 +508,10 @@ def run(
     previous = _check_out(out, settings, overwrite)
     data = _load(dataset, None, None)
     _warn_missing_text(data, names)
+    if "stack" in names:
+        # The stack's out-of-fold fits, sized for the main job's time on two cores: three folds
+        # of the six members best on validation (plus the fallback and content).
+        params["stack"] = {**MAIN_JOB_STACK, **params.get("stack", {})}
     runs = [(make_split(data, "new-user", seed=seed), names)]
     item_names = [n for n in names if n in ITEM_COLD_MODELS]
     for kind in ("new-item", "both"):
@@ -606,7 +613,7 @@ def fit(
     name = _model_list(model, two_domains)[0]
     params = _parse_params(param)
     defaults = TRANSFER_MEMBERS if two_domains else DEFAULT_MEMBERS
-    member_names = (_model_list(members, two_domains) if members else list(defaults)) if name == "stack" else []
+    member_names = (_model_list(members, two_domains) if members else list(defaults)) if name in STACKS else []
     _check_params(params, [name, *member_names])
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
     check_writable(out)
@@ -623,7 +630,7 @@ def fit(
     # reaches them too.
     made = {m: make_model(m, **{"seed": seed, **params.get(m, {})}) for m in member_names}
     the_model = make_model(name, **{"seed": seed, **params.get(name, {})},
-                           **({"members": list(made.values())} if name == "stack" else {}))
+                           **({"members": list(made.values())} if name in STACKS else {}))
     the_model.set_task(protocol)
     the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
     # The data set goes with it, so ids and titles resolve after loading and `thaw retrain`
@@ -632,7 +639,7 @@ def fit(
     # cross-domain split keeps its training side, which carries the source domain.
     the_model.dataset = the_split.train if two_domains else data
     path = the_model.save(out)
-    if name == "stack":
+    if name in STACKS:
         typer.echo(the_model.explain())
     typer.echo(f"saved {name} to {path}")
 

@@ -364,7 +364,7 @@ class Service:
             return {"band": None, "kind": "model", "members": [model.name], "weights": [1.0],
                     "breaker_tripped": False}
         task = "next-item" if "next-item" in model.tables else next(iter(model.tables))
-        row = model.route(task, ctx)
+        row = model.answered_by(task, ctx)
         if tripped:
             return {"band": row["band"], "kind": "fallback", "members": [FALLBACK],
                     "weights": [1.0], "breaker_tripped": True}
