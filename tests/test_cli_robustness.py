@@ -572,3 +572,21 @@ def test_history_items_with_commas_can_be_given(thaw_main, tmp_path):
     assert len(out.strip().splitlines()) == 27 and "Godfather" not in out and " i3 " not in out
     code, _, err = thaw_main("recommend", path, "--history", "Godfather", "-n", "3")
     assert code == 2 and "unknown item(s) Godfather" in err
+
+
+def test_one_item_is_an_error_and_negative_ratings_are_named(thaw_main, ratings_csv, tmp_path):
+    one = tmp_path / "one.csv"
+    pd.DataFrame({"user": [f"u{k}" for k in range(40)], "item": "only", "rating": 4, "ts": 0}).to_csv(one, index=False)
+    for command in (base_args(one, tmp_path / "o", ks="0"), ["fit", "--model", "pop", "--dataset", one, "--out",
+                                                            tmp_path / "m"]):
+        code, _, err = thaw_main(*command)
+        assert code == 2 and "has 1 item(s)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+    frame = pd.read_csv(ratings_csv)
+    frame["rating"] -= 3  # -2 to 2, a scale the loader infers
+    shifted = tmp_path / "shifted.csv"
+    frame.to_csv(shifted, index=False)
+    code, _, err = thaw_main(*base_args(shifted, tmp_path / "r", "--protocol", "rating"))
+    assert code == 0 and "has ratings below 0 (down to -2)" in err and "NDCG is not on the usual 0-1 scale" in err
+    code, _, err = thaw_main(*base_args(shifted, tmp_path / "n"))
+    assert code == 0 and "ratings below 0" not in err  # next-item ranking does not read ratings

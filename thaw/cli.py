@@ -409,6 +409,21 @@ def _echo_warnings(notes: list[str]) -> None:
         _show_warning(note)
 
 
+def _check_data(data: Any, protocols: list[str]) -> None:
+    """Data whose numbers would mean nothing, refused or named before any model is fitted: a
+    catalogue of one item (no negative to rank the target against: every metric is perfect),
+    and, for the rating protocol, ratings below 0 (its NDCG gain, 2^rating - 1, turns negative)."""
+    if data.n_items < 2:
+        raise ThawError(f"'{data.name}' has {data.n_items} item(s): thaw ranks a target among other items, "
+                        "so every metric would be perfect; give a data set with two or more items")
+    ratings = data.interactions.rating
+    if "rating" in protocols and len(ratings) and ratings.min() < 0:
+        warnings.warn(f"'{data.name}' has ratings below 0 (down to {ratings.min():g}): the rating protocol's "
+                      "NDCG weighs each item by 2^rating - 1, which is negative there, so its NDCG is not "
+                      "on the usual 0-1 scale (MAE and RMSE are unaffected); shift the ratings to start at 0 "
+                      "or above to compare it", stacklevel=2)
+
+
 def _warn_missing_text(data: Any, names: list[str]) -> None:
     """The content models rank by popularity when no item has text: say so once."""
     from thaw.data.features import item_documents
@@ -474,6 +489,7 @@ def evaluate(
         data = _load(dataset or DEFAULT_DATASET, mapping, scale)
         the_split = make_split(data, split_kind, test_frac=test_frac, val_frac=val_frac, seed=seed,
                                item_strata=strata)
+    _check_data(the_split.train, [protocol])
     _warn_missing_text(the_split.train, names)
     _run([protocol], [(the_split, names)], ks_tuple, candidates, out, seed, bootstrap, progress,
          jobs, pairs=pairs, params=params, settings=settings, previous=previous)
@@ -507,6 +523,7 @@ def run(
     settings = _settings(ctx)
     previous = _check_out(out, settings, overwrite)
     data = _load(dataset, None, None)
+    _check_data(data, ["next-item", "rating"])
     _warn_missing_text(data, names)
     if "stack" in names:
         # The stack's out-of-fold fits, sized for the main job's time on two cores: three folds
@@ -623,6 +640,7 @@ def fit(
         the_split = cross_domain_split(load_cross_domain(dataset), 0.0, val_frac=val_frac, seed=seed)
     else:
         data = _load(dataset, mapping, scale)
+        _check_data(data, [protocol])
         _warn_missing_text(data, [name, *member_names])
         the_split = make_split(data, "new-user", test_frac=0.0, val_frac=val_frac, seed=seed)
     typer.echo(the_split.describe())
