@@ -8,7 +8,8 @@ For each pair, cold fraction beta and protocol, two views of one split (validati
 drawn apart from test users, every model selected on them only):
 
 1. the paper's (PTUPCDR): K = 0, every test user with a target interaction, MAE/RMSE over all
-   of their target ratings (NDCG@10 of their first target item under next-item);
+   of their target ratings, both as thaw's mean over users and pooled over every rating as the
+   papers report it (NDCG@10 of their first target item under next-item);
 2. thaw's K-stratified one: K = 0, 1, 3, 5, 10 target interactions as support on top of the
    source history (test users with more than 10 target interactions).
 
@@ -29,10 +30,18 @@ import pandas as pd
 
 from thaw.eval.protocol import DegenerateResultWarning, compare
 from thaw.transfer import cross_domain_split, load_cross_domain, permuted_source
-from thaw.transfer.evaluate import BASELINE, HEADLINES, TRANSFER_MODELS, NegativeTransferWarning, evaluate_transfer
+from thaw.transfer.evaluate import (
+    BASELINE,
+    HEADLINES,
+    POOLED,
+    TRANSFER_MODELS,
+    NegativeTransferWarning,
+    evaluate_transfer,
+)
 
 ORDER = ("random", "pop", "segment-pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")
 SUMMARY_MODELS = ("random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")  # K-stratified rows
+FIVE = ("pop", "tgt", "cmf", "emcdr", "ptupcdr")  # the paper view's RMSE and pooled columns
 
 
 def table(result, metric: str) -> pd.DataFrame:
@@ -57,6 +66,9 @@ def report(name: str, result, protocol: str, seconds: float) -> None:
     for metric in HEADLINES[protocol]:
         print(f"-- {metric} (mean over users) --")
         print(table(result, metric).round(4).to_string())
+        if metric in POOLED:
+            print(f"-- {POOLED[metric]} (over every query rating, as the papers report it) --")
+            print(table(result, POOLED[metric]).round(4).to_string())
     head = HEADLINES[protocol][0]
     wide = table(result, head)
     lower = head in ("mae", "rmse")
@@ -108,11 +120,14 @@ def summary(runs: list[dict]) -> str:
             head = HEADLINES[protocol][0]
             name = "MAE" if head == "mae" else "NDCG@10"
             if view == "paper view":
-                lines += [f"\n**Paper view, {protocol}: {name} at K = 0** (every cold test user)\n",
+                rating = protocol == "rating"
+                extra = ["RMSE", "pooled MAE", "pooled RMSE"] if rating else []
+                lines += [f"\n**Paper view, {protocol}: {name} at K = 0** (every cold test user"
+                          + ("; MAE and RMSE are means over users, pooled ones over every rating, as "
+                             "the papers report them)\n" if rating else ")\n"),
                           "| pair | β | test users | random | pop | tgt | cmf | emcdr | ptupcdr | "
-                          "ptupcdr vs emcdr (paired p) |" + (" RMSE pop / tgt / cmf / emcdr / ptupcdr |"
-                                                             if protocol == "rating" else ""),
-                          "|---" * (11 if protocol == "rating" else 10) + "|"]
+                          "ptupcdr vs emcdr (paired p) |" + "".join(f" {e} {' / '.join(FIVE)} |" for e in extra),
+                          "|---" * (10 + len(extra)) + "|"]
                 for r in chosen:
                     wide = table(r["result"], head)[0]
                     e, p = wide["emcdr"], wide["ptupcdr"]
@@ -121,21 +136,23 @@ def summary(runs: list[dict]) -> str:
                     cells = [f"{wide[m]:.4f}" for m in ("random", "pop", "tgt", "cmf", "emcdr", "ptupcdr")]
                     row = (f"| {r['label']} | {r['beta']:g} | {r['result'].meta['test_users']} | "
                            + " | ".join(cells) + f" | {gain:+.1%} better (p={test.p_value.iloc[0]:.2g}) |")
-                    if protocol == "rating":
-                        rmse = table(r["result"], "rmse")[0]
-                        row += " " + " / ".join(f"{rmse[m]:.4f}" for m in ("pop", "tgt", "cmf", "emcdr",
-                                                                               "ptupcdr")) + " |"
+                    for metric in ("rmse", POOLED["mae"], POOLED["rmse"]) if rating else ():
+                        five = table(r["result"], metric)[0]
+                        row += " " + " / ".join(f"{five[m]:.4f}" for m in FIVE) + " |"
                     lines.append(row)
             else:
-                lines += [f"\n**K-stratified, {protocol}: {name} by K** (test users with more than 10 "
-                          "target interactions)\n",
-                          "| pair, β (users) | model | K=0 | 1 | 3 | 5 | 10 |", "|---|---|---|---|---|---|---|"]
-                for r in chosen:
-                    wide = table(r["result"], head)
-                    first = f"{r['label']}, β={r['beta']:g} ({r['result'].meta['test_users']})"
-                    for i, m in enumerate(m for m in SUMMARY_MODELS if m in wide.index):
-                        lines.append(f"| {first if i == 0 else ''} | {m} | "
-                                     + " | ".join(f"{v:.4f}" for v in wide.loc[m]) + " |")
+                for metric in (head, POOLED[head]) if head in POOLED else (head,):
+                    label = f"pooled {name}" if metric != head else name
+                    lines += [f"\n**K-stratified, {protocol}: {label} by K** (test users with more than "
+                              "10 target interactions" + ("; over every query rating at once)\n"
+                                                          if metric != head else ")\n"),
+                              "| pair, β (users) | model | K=0 | 1 | 3 | 5 | 10 |", "|---|---|---|---|---|---|---|"]
+                    for r in chosen:
+                        wide = table(r["result"], metric)
+                        first = f"{r['label']}, β={r['beta']:g} ({r['result'].meta['test_users']})"
+                        for i, m in enumerate(m for m in SUMMARY_MODELS if m in wide.index):
+                            lines.append(f"| {first if i == 0 else ''} | {m} | "
+                                         + " | ".join(f"{v:.4f}" for v in wide.loc[m]) + " |")
     lines.append("\n**Negative-transfer alarms** (transfer model significantly worse than tgt; Holm "
                  "within K x metric)\n")
     for r in runs:

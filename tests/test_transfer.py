@@ -2,8 +2,8 @@
 of their source taste, ptupcdr and emcdr beat tgt by far at K = 0; a source permuted across
 users trips the negative-transfer alarm; padding never collides with an item; no held-out
 user's target interaction reaches fit; the stack gives K = 0 requests with a source their own row;
-roles can be given instead of drawn; tgt at K = 0 is popularity's item means; every transfer
-model selects by the stack's metric."""
+roles can be given instead of drawn; the pooled MAE/RMSE are the errors over every query rating;
+tgt at K = 0 is popularity's item means; every transfer model selects by the stack's metric."""
 
 import warnings
 
@@ -24,7 +24,7 @@ from thaw.transfer import cross_domain_split, from_files, genre_domains, permute
 from thaw.transfer.base import selection
 from thaw.transfer.baselines import CollectiveMF, TargetOnly
 from thaw.transfer.emcdr import EMCDR
-from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, transfer_stack
+from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.transfer.ptupcdr import PTUPCDR
 
 MODELS = ("tgt", "emcdr", "ptupcdr")
@@ -124,7 +124,7 @@ def test_padding_never_collides_with_an_item(planted):
 
 
 def test_tgt_at_k0_is_shrunk_item_means_not_a_random_user(planted):
-    split, _ = planted
+    split, result = planted
     model = TargetOnly(seed=0).fit(split.train)
     pop = Popularity().fit(split.train)
     items = np.arange(10)
@@ -135,6 +135,11 @@ def test_tgt_at_k0_is_shrunk_item_means_not_a_random_user(planted):
     errors = {m: np.concatenate([np.abs(m.predict(e.context, e.candidates) - e.truth) for e in eps])
               for m in (model, pop)}
     assert errors[model].mean() <= errors[pop].mean() + 1e-12
+    # The pooled MAE the evaluation reports is the mean error over every query rating.
+    t = result.table
+    pooled = t[(t.metric == "pooled-mae") & (t.K == 0)].set_index("model")["value"]
+    assert pooled["tgt"] == pytest.approx(errors[pop].mean())
+    assert {"pooled-mae", "pooled-rmse"} <= set(t.metric)
 
 
 def test_transfer_without_a_source_is_target_only(planted):
@@ -234,8 +239,10 @@ def test_command_line_on_your_own_pair(tmp_path):
     assert done.returncode == 0, done.stderr
     assert SOURCE_ROW in done.stdout and "ptupcdr" in done.stdout
     assert "given roles" in done.stdout and "60 test users" in done.stdout
+    assert "pooled-mae (lower is better) by K" in done.stdout and "pooled-rmse" in done.stdout
     results = pd.read_csv(out / "results.csv")
     assert {"random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack"} <= set(results["model"])
+    assert {"pooled-mae", "pooled-rmse"} <= set(results["metric"])
     per_user = pd.read_csv(out / "per_user.csv", dtype={"user": str})
     assert set(per_user["user"]) == set(names[:60])
     (tmp_path / "bad.csv").write_text("user,role\n" + f"{names[0]},test\nnobody,test\n")
@@ -329,6 +336,18 @@ def test_given_roles_are_checked(pair, tmp_path):
     file.write_text(f"id,kind\n{first},test\n")
     with pytest.raises(DataError, match="header line 'user,role'"):
         cross_domain_split(pair, roles=file)
+
+
+def test_pooled_errors_are_over_every_rating():
+    # User 1: four ratings each 1 off; user 2: one rating 3 off.
+    per_user = pd.DataFrame({"model": ["m"] * 4, "K": [0] * 4, "user": [1, 1, 2, 2],
+                             "metric": ["mae", "rmse"] * 2, "value": [1.0, 1.0, 3.0, 3.0]})
+    sizes = pd.DataFrame({"K": [0, 0], "user": [1, 2], "ratings": [4, 1]})
+    pooled = pooled_errors(per_user, sizes, n_bootstrap=50).set_index("metric")
+    assert pooled.loc["pooled-mae", "value"] == pytest.approx(7 / 5)  # the per-user mean is 2
+    assert pooled.loc["pooled-rmse", "value"] == pytest.approx(np.sqrt(13 / 5))
+    assert (pooled["low"] <= pooled["value"]).all() and (pooled["value"] <= pooled["high"]).all()
+    assert (pooled["users"] == 2).all()
 
 
 def test_one_selection_metric_the_stacks(planted):

@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from thaw.errors import ThawError
+
+if TYPE_CHECKING:
+    from thaw.eval.protocol import EvalResult
 
 
 def transfer(
@@ -65,6 +68,7 @@ def transfer(
             warnings.simplefilter("ignore", category)  # both land in result.warnings, printed below
         result = evaluate_transfer(split, protocol=protocol, ks=k_values, seed=seed, progress=progress)
     typer.echo(format_tables(result))
+    typer.echo(pooled_tables(result))
     typer.echo("\nfit seconds: " + ", ".join(
         f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
     typer.echo("\n" + result.meta["stacks"]["stack"]["explain"])
@@ -76,3 +80,17 @@ def transfer(
                           title=f"thaw transfer: {data.name}")
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
+
+def pooled_tables(result: EvalResult) -> str:
+    """The pooled MAE and RMSE by K (rating protocol; nothing otherwise), as plain tables."""
+    from thaw.eval.report import wide_table
+    from thaw.transfer.evaluate import POOLED
+
+    lines = []
+    for metric in POOLED.values():
+        if metric in set(result.table["metric"]):
+            lines += [f"\n{metric} (lower is better) by K: over every query rating at once, as the "
+                      "papers report it (a user with more ratings counts more; the tables above are "
+                      "means over users; 95% intervals in results.csv)",
+                      "  " + wide_table(result, metric).round(3).to_string().replace("\n", "\n  ")]
+    return "\n".join(lines)
