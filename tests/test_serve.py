@@ -434,3 +434,25 @@ def test_admin_reload_refuses_a_model_fitted_on_another_catalogue(client, tmp_pa
         response = client.post("/v1/admin/reload", json={"model_dir": str(tmp_path / str(n_items))})
         assert response.status_code == 422 and message in response.text, response.text
         assert client.get("/v1/users/r/recommendations").json()["model_version"] == before
+
+
+def test_serve_checks_its_port_store_folder_and_model_before_creating_the_store(tiny_stack, tmp_path, monkeypatch):
+    import socket
+
+    from thaw.serve.cli import serve
+
+    monkeypatch.delenv("THAW_API_TOKENS", raising=False)
+    db = tmp_path / "thaw.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for kwargs, message in (({"port": 99999}, "--port must be a TCP port, 0 to 65535"),
+                                ({"port": -1}, "--port must be a TCP port"),
+                                ({"port": busy.getsockname()[1]}, "cannot listen on 127.0.0.1"),
+                                ({"db": f"sqlite:///{tmp_path / 'missing' / 'thaw.db'}"}, "does not exist"),
+                                ({"model_dir": tmp_path / "no-model"}, "no-model")):
+            args = {"model_dir": tiny_stack, "db": f"sqlite:///{db}", "host": "127.0.0.1", "port": 0,
+                    "workers": 1, **kwargs}
+            with pytest.raises(ThawError, match=message):
+                serve(**args)
+            assert not db.exists() and not (tmp_path / "missing").exists()

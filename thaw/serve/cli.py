@@ -31,6 +31,8 @@ def serve(
 
     if workers < 1:
         raise ThawError("--workers must be at least 1")
+    if not 0 <= port <= 65535:
+        raise ThawError(f"--port must be a TCP port, 0 to 65535 (0: any free one), got {port}")
     from thaw.serve.auth import load_tokens
 
     if not load_tokens(tokens):
@@ -38,9 +40,10 @@ def serve(
             raise ThawError(f"no API tokens (THAW_API_TOKENS or --tokens): refusing to listen on {host}; "
                             "without tokens thaw serve listens on loopback only")
         typer.echo("no API tokens: the API is open, so it listens on loopback only")
-    store = Store(db)
-    found = store.init()
+    _check_can_listen(host, port)
+    store = Store(db)  # checks the URL; nothing is created before the model has loaded
     service = Service(model_dir, store, cache_size=0)
+    found = store.init()
     users, items = service.seed_store()
     typer.echo(f"store {store.safe_url}: schema {'created' if found == 0 else 'ready'}; added {users} users "
                f"and {items} items of {service.data.name}; model {service.version}")
@@ -50,6 +53,21 @@ def serve(
                       THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens))
     uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A ThawError, before the store is touched, when ``host:port`` cannot be listened on (in
+    use, not an address of this machine, a port below 1024 without the right)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ThawError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def retrain(

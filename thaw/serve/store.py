@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +37,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    make_url,
     select,
     update,
 )
@@ -135,6 +137,10 @@ class Store:
             if url in ("sqlite://", "sqlite:///:memory:"):
                 raise ThawError("an in-memory SQLite store would lose every event; give a file "
                                 "(sqlite:///path/to/thaw.db)")
+            folder = Path(make_url(url).database or "").parent
+            if not folder.is_dir():
+                raise ThawError(f"store {url}: the folder {folder} does not exist; make it first, or "
+                                "give a file in an existing folder")
             # Two engines: writes take the write lock when they begin (BEGIN IMMEDIATE), so two
             # writers never deadlock upgrading a read lock; reads begin deferred and never wait.
             self.writer = _sqlite_engine(url, "BEGIN IMMEDIATE")
