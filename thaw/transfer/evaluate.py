@@ -38,12 +38,12 @@ class NegativeTransferWarning(UserWarning):
     """A transfer model is significantly worse than the target-only model somewhere."""
 
 
-def transfer_stack(seed: int = 0) -> Any:
+def transfer_stack(seed: int = 0, members: Sequence[str] = TRANSFER_MEMBERS) -> Any:
     """The stack over the cross-domain members: K = 0 requests with a source history get a
     row of their own (``thaw.stack.router.SOURCE_ROW``)."""
     from thaw.stack import Stack
 
-    return Stack(TRANSFER_MEMBERS, seed=seed)
+    return Stack(members, seed=seed)
 
 
 def evaluate_transfer(split: Split, *, protocol: str = "rating", ks: Sequence[int] = DEFAULT_KS,
@@ -52,12 +52,20 @@ def evaluate_transfer(split: Split, *, protocol: str = "rating", ks: Sequence[in
     """``evaluate`` on a cross-domain split (``cross_domain_split``), plus the alarm: the
     result's ``meta["negative_transfer"]`` lists every (K, metric, model) where a transfer
     model is significantly worse than ``tgt``, and each one is warned about. On ratings the
-    table also holds the pooled MAE and RMSE (``POOLED``, see ``pooled_errors``)."""
+    table also holds the pooled MAE and RMSE (``POOLED``, see ``pooled_errors``).
+
+    The stack is made of the requested models among ``TRANSFER_MEMBERS`` and learned from
+    their outputs here, so no member is fitted twice; its fallback (segment-pop, which a
+    stack always holds) is evaluated with them when not requested, since ``evaluate`` learns
+    a stack from outputs only when every member is evaluated, and fits it afresh otherwise."""
     from thaw.registry import make_model
+    from thaw.stack.router import FALLBACK
 
     chosen = {name: make_model(name, seed=seed) for name in models}
     if stack:
-        chosen["stack"] = transfer_stack(seed)
+        if FALLBACK not in chosen:
+            chosen[FALLBACK] = make_model(FALLBACK, seed=seed)
+        chosen["stack"] = transfer_stack(seed, [m for m in TRANSFER_MEMBERS if m in chosen])
     result = evaluate(chosen, split, protocol=protocol, ks=ks, seed=seed, **options)
     if protocol == "rating":
         pooled = pooled_errors(result.per_user, query_sizes(split, result.meta["ks"]),
