@@ -590,3 +590,31 @@ def test_one_item_is_an_error_and_negative_ratings_are_named(thaw_main, ratings_
     assert code == 0 and "has ratings below 0 (down to -2)" in err and "NDCG is not on the usual 0-1 scale" in err
     code, _, err = thaw_main(*base_args(shifted, tmp_path / "n"))
     assert code == 0 and "ratings below 0" not in err  # next-item ranking does not read ratings
+
+
+def test_fit_out_is_checked_as_evaluate_out_is_and_its_files_share_one_mode(thaw_main, ratings_csv, tmp_path):
+    import stat
+
+    from thaw.registry import make_model
+
+    fit = ["fit", "--model", "pop", "--dataset", ratings_csv]
+    csvs = tmp_path / "csvs"
+    csvs.mkdir()
+    (csvs / "data.csv").write_text("x")
+    code, _, err = thaw_main(*fit, "--out", csvs)
+    assert code == 2 and "is a folder of other files, not a thaw model" in err, err
+    assert [p.name for p in csvs.iterdir()] == ["data.csv"]
+    out = tmp_path / "model"
+    assert thaw_main(*fit, "--out", out)[0] == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # safetensors wrote 0600, model.json 0644
+    assert thaw_main(*fit, "--out", out)[0] == 0  # a rerun replaces it
+    code, _, err = thaw_main(*fit, "--seed", "1", "--out", out)
+    assert code == 2 and "holds a model fitted by another command (thaw fit --model pop" in err and "--overwrite" in err
+    assert thaw_main(*fit, "--seed", "1", "--out", out, "--overwrite")[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, _, err = thaw_main(*fit, "--seed", "1", "--out", out, "--overwrite")
+    assert code == 2 and "notes.txt" in err
+    by_hand = make_model("pop").fit(make_synthetic(n_users=20, n_items=10, seed=0)).save(tmp_path / "by-hand")
+    code, _, err = thaw_main(*fit, "--out", by_hand)
+    assert code == 2 and "(a command it did not record)" in err

@@ -338,22 +338,37 @@ def check_writable(out: Path, what: str = "--out") -> None:
         raise ThawError(f"{what} {out}: cannot write in {ancestor} ({exc.strerror or exc})") from None
 
 
-def _check_out(out: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[str, Any] | None:
+def _check_out(out: Path, settings: Mapping[str, Any], overwrite: bool,
+               kind: str = "results") -> dict[str, Any] | None:
     """Refuse, before any work, an --out the run could not or should not replace (see
-    OUT_HELP). Returns the previous results.json when this run is a rerun of it."""
-    from thaw.eval.report import RESULT_FILES, read_results_json
-
+    OUT_HELP): ``kind`` "results" (a results folder) or "model" (a folder `thaw fit` saves a
+    model in). Returns the previous record (results.json; a model's provenance) when this run
+    is a rerun of the command that wrote it."""
     check_writable(out)
     if not out.is_dir() or not any(out.iterdir()):
         return None
-    previous = read_results_json(out)
+    if kind == "model":
+        from thaw.models.persist import read_meta, saved_names
+
+        meta = read_meta(out)
+        record = {} if meta is None else meta.get("provenance", {})
+        previous = None if meta is None else {  # shaped as results.json is
+            **({"settings": record["settings"]} if "settings" in record else {}),
+            "provenance": {"command": record.get("command", "a command it did not record")}}
+        ours = set() if meta is None else saved_names(meta)
+        what, replacing = "a thaw model", "a model saved there would mix with"
+    else:
+        from thaw.eval.report import RESULT_FILES, read_results_json
+
+        previous, ours = read_results_json(out), set(RESULT_FILES)
+        what, replacing = "thaw results", "replacing it would delete"
     if previous is None:
-        raise ThawError(f"--out {out} is a folder of other files, not thaw results; give a new or empty "
-                        "folder (thaw replaces its results folder whole)")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RESULT_FILES)
+        raise ThawError(f"--out {out} is a folder of other files, not {what}; give a new or empty "
+                        "folder (thaw writes its folder whole)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if foreign:
         raise ThawError(f"--out {out} holds files thaw did not write ({', '.join(foreign[:5])}), which "
-                        "replacing it would delete; move them, or give another --out")
+                        f"{replacing}; move them, or give another --out")
     command = "thaw " + " ".join(sys.argv[1:])
     rerun = (previous.get("settings") == settings if "settings" in previous
              else previous.get("provenance", {}).get("command") == command)
@@ -361,8 +376,9 @@ def _check_out(out: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[
         return previous
     if not overwrite:
         was = previous.get("provenance", {}).get("command", "another command")
-        raise ThawError(f"--out {out} holds the results of another command ({was}); give another --out, "
-                        "or --overwrite to replace them")
+        held = "the results of another command" if kind == "results" else "a model fitted by another command"
+        raise ThawError(f"--out {out} holds {held} ({was}); give another --out, or --overwrite to "
+                        "replace it")
     return None
 
 
@@ -601,8 +617,10 @@ def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidate
 
 @app.command()
 def fit(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model to fit (see `thaw models`); 'stack' routes over --members.")] = "stack",
-    out: Annotated[Path, typer.Option(help="Folder the fitted model is saved to (JSON + safetensors).")] = Path("models/stack"),
+    out: Annotated[Path, typer.Option(help="Folder the fitted model is saved to (JSON + safetensors): a new or empty one, or one this command wrote with the same settings (a rerun replaces it); another model needs --overwrite.")] = Path("models/stack"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model that another command saved in --out.")] = False,
     dataset: Annotated[str, typer.Option(help="Data set name or path (see `thaw datasets`), or a cross-domain pair (ml-1m:drama-comedy, ...: the stack then transfers from its source domain).")] = DEFAULT_DATASET,
     members: Annotated[str | None, typer.Option(help="The stack's members, comma-separated (default: a set that covers every K).")] = None,
     protocol: Annotated[str, typer.Option(help="What to fit for: next-item (ranking) or rating.")] = "next-item",
@@ -615,6 +633,7 @@ def fit(
     """Fit one model on every user but the validation users and save it for `thaw recommend`."""
     from thaw.data.splits import make_split
     from thaw.eval.protocol import PROTOCOLS, SplitValidator
+    from thaw.models import persist
     from thaw.registry import make_model
     from thaw.stack.router import DEFAULT_MEMBERS
 
@@ -633,7 +652,8 @@ def fit(
     member_names = (_model_list(members, two_domains) if members else list(defaults)) if name in STACKS else []
     _check_params(params, [name, *member_names])
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
-    check_writable(out)
+    settings = _settings(ctx)
+    _check_out(out, settings, overwrite, kind="model")
     if two_domains:
         from thaw.transfer.data import cross_domain_split, load_cross_domain
 
@@ -656,7 +676,7 @@ def fit(
     # and were never trained on; dropping them would lose them at the first retrain). A
     # cross-domain split keeps its training side, which carries the source domain.
     the_model.dataset = the_split.train if two_domains else data
-    path = the_model.save(out)
+    path = persist.save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
     if name in STACKS:
         typer.echo(the_model.explain())
     typer.echo(f"saved {name} to {path}")

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 from typing import Any
@@ -59,9 +62,13 @@ class _Saved:
     children: dict[str, _Saved]
 
 
-def save(model: Recommender, path: str | Path) -> Path:
-    """Write ``model`` into the folder ``path``; every check runs before anything is written."""
+def save(model: Recommender, path: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` into the folder ``path``; every check runs before anything is written.
+    ``provenance`` (JSON: the command that fitted it, its settings) goes into model.json as is,
+    for ``read_meta`` to find (``thaw fit`` replaces a folder only when rerun as it wrote it)."""
     saved = _Encoder(model, ()).encode_model()
+    if provenance is not None:
+        saved.meta["provenance"] = json.loads(json.dumps(dict(provenance), allow_nan=False))
     folder = Path(path)
     _write(saved, folder)
     return folder
@@ -75,6 +82,34 @@ def _write(saved: _Saved, folder: Path) -> None:
         _write(child, folder / sub)
     # Written last: a save that fails half-way leaves no folder that looks complete.
     (folder / MODEL_FILE).write_text(json.dumps(saved.meta, indent=1, allow_nan=False) + "\n")
+    # safetensors makes its file 0600 whatever the umask: the two files get the same mode, the
+    # one the umask gives model.json, so a folder is shared (or private) whole.
+    os.chmod(folder / TENSORS_FILE, stat.S_IMODE((folder / MODEL_FILE).stat().st_mode))
+
+
+def read_meta(folder: str | Path) -> dict[str, Any] | None:
+    """The model.json of a folder ``save`` wrote, or None when it holds none that reads."""
+    try:
+        meta = json.loads((Path(folder) / MODEL_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and "format_version" in meta else None
+
+
+def saved_names(meta: Mapping[str, Any]) -> set[str]:
+    """The names ``save`` wrote at the top of the folder whose model.json is ``meta``: its two
+    files and the first folder of each nested model's path."""
+    names = {MODEL_FILE, TENSORS_FILE}
+    todo: list[Any] = [meta.get("state")]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("$model"), str):
+                names.add(PurePath(node["$model"]).parts[0])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return names
 
 
 def _registry() -> dict[str, type[Recommender]]:
