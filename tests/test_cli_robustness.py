@@ -618,3 +618,39 @@ def test_fit_out_is_checked_as_evaluate_out_is_and_its_files_share_one_mode(thaw
     by_hand = make_model("pop").fit(make_synthetic(n_users=20, n_items=10, seed=0)).save(tmp_path / "by-hand")
     code, _, err = thaw_main(*fit, "--out", by_hand)
     assert code == 2 and "(a command it did not record)" in err
+
+
+def test_a_model_folder_changed_after_its_save_is_refused_at_load(tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    import thaw
+    from thaw.registry import make_model
+
+    model = make_model("mf", iterations=2, dim=4).fit(make_synthetic(n_users=30, n_items=20, seed=0))
+    saved = model.save(tmp_path / "saved")
+    tensors = load_file(str(saved / "tensors.safetensors"))
+    state = json.loads((saved / "model.json").read_text())
+
+    def changed(name, new_tensors=None, new_state=None):
+        folder = tmp_path / name
+        shutil.copytree(saved, folder)
+        if new_tensors is not None:
+            save_file(new_tensors, str(folder / "tensors.safetensors"))
+        if new_state is not None:
+            (folder / "model.json").write_text(json.dumps(new_state))
+        return folder
+
+    cases = [
+        (changed("swapped", {**tensors, "item_factors": np.zeros((5, 4))}),
+         r"'item_factors' is <f8 of shape \[5, 4\], saved as <f8 of shape \[20, 4\]"),
+        (changed("deleted", {k: v for k, v in tensors.items() if k != "gram"}), "'gram' is missing"),
+        (changed("edited", {**tensors, "item_factors": tensors["item_factors"] * 2}), "checksum"),
+        (changed("no-reg", new_state={**state, "state": {k: v for k, v in state["state"].items() if k != "reg"}}),
+         "checksum"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(errors.ThawError, match=message):
+            thaw.load(folder)
+    np.testing.assert_array_equal(thaw.load(changed("as-saved")).item_factors, model.item_factors)

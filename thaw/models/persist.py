@@ -14,6 +14,7 @@ such; anything else that is not data makes ``save`` fail, naming the attribute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -149,7 +150,9 @@ class _Encoder:
             else:
                 state[attr] = self.encode(value, (attr,))
         meta = {"format_version": FORMAT_VERSION, "thaw_version": __version__,
-                "name": model.name, "class": cls_name, "state": state}
+                "name": model.name, "class": cls_name, "state": state,
+                "tensors": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in self.tensors.items()},
+                "checksum": fingerprint(state, self.tensors)}
         return _Saved(meta, self.tensors, self.children)
 
     def fail(self, path: tuple[str, ...], what: str) -> ThawError:
@@ -243,6 +246,17 @@ class _Encoder:
         return sub
 
 
+def fingerprint(state: Any, tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of a saved model's JSON state and every tensor (key, dtype, shape, bytes): what
+    ``load`` checks, so a folder changed after its save is refused, not half-used."""
+    digest = hashlib.sha256(json.dumps(state, sort_keys=True, allow_nan=False).encode())
+    for key in sorted(tensors):
+        array = np.ascontiguousarray(tensors[key])
+        digest.update(f"\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 def load(path: str | Path) -> Recommender:
@@ -267,9 +281,11 @@ def load(path: str | Path) -> Recommender:
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise ThawError(f"{file}: unknown model {name!r}; known models: {', '.join(registry)}")
     try:
-        decoder = _Decoder(folder, load_file(str(folder / TENSORS_FILE)))
+        tensors = load_file(str(folder / TENSORS_FILE))
     except (SafetensorError, OSError) as exc:
         raise ThawError(f"{folder / TENSORS_FILE}: unreadable ({exc})") from exc
+    _verify(folder, meta, tensors)
+    decoder = _Decoder(folder, tensors)
 
     model = cls.__new__(cls)
     modules = {}
@@ -298,6 +314,29 @@ def load(path: str | Path) -> Recommender:
             raise ThawError(f"{file}: the saved weights of '{attr}' do not fit the rebuilt "
                             f"module ({str(exc).splitlines()[0]})") from exc
     return model
+
+
+def _verify(folder: Path, meta: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
+    """A ThawError when the folder is not as its save left it: a tensor missing, added, or of
+    another dtype or shape than recorded, or any change to the state or the tensors' values
+    (the checksum). Folders saved before these records were kept load unchecked."""
+    if "tensors" not in meta and "checksum" not in meta:
+        return
+    again = "it was changed after its save; save the model again (Recommender.save, thaw fit)"
+    record = meta.get("tensors")
+    if not isinstance(record, dict) or not isinstance(meta.get("checksum"), str):
+        raise ThawError(f"{folder / MODEL_FILE}: its record of the tensors is damaged; {again}")
+    for key in sorted(set(record) | set(tensors)):
+        if key not in tensors:
+            raise ThawError(f"{folder / TENSORS_FILE}: '{key}' is missing; {again}")
+        spec, array = record.get(key), tensors[key]
+        if not isinstance(spec, dict):
+            raise ThawError(f"{folder / TENSORS_FILE}: '{key}' was not written by the save; {again}")
+        if [array.dtype.str, list(array.shape)] != [spec.get("dtype"), spec.get("shape")]:
+            raise ThawError(f"{folder / TENSORS_FILE}: '{key}' is {array.dtype.str} of shape {list(array.shape)}, "
+                            f"saved as {spec.get('dtype')} of shape {spec.get('shape')}; {again}")
+    if fingerprint(meta.get("state"), tensors) != meta["checksum"]:
+        raise ThawError(f"{folder}: the saved state or tensor values differ from the save's checksum; {again}")
 
 
 class _Decoder:
