@@ -53,7 +53,10 @@ def test_a_new_users_events_adapt_the_next_recommendations(client, service):
     table = service.model.tables["next-item"]
     row = table[band_of(3, service.model.bands)]
     assert warm["route"]["band"] == band_label(service.model.bands[band_of(3, service.model.bands)])
-    assert warm["route"]["members"] == (["segment-pop"] if warm["route"]["breaker_tripped"] else row["members"])
+    # The learned stacker answers with every member it reads; the table's row would name its own.
+    learned = service.model.learned.get("next-item")
+    answering = learned["members"] if learned else row["members"]
+    assert warm["route"]["members"] == (["segment-pop"] if warm["route"]["breaker_tripped"] else answering)
     assert [x["item"] for x in warm["items"]] != [x["item"] for x in cold["items"]]
     assert not {x["item"] for x in warm["items"]} & set(history)
     with_seen = top(client, "newbie", n=60, exclude_seen="false")
@@ -300,6 +303,7 @@ def test_admin_reload_swaps_the_model_between_requests(tiny_stack, service, tmp_
     head = {"Authorization": f"Bearer {admin}"}
     before = c.get("/v1/users/r/recommendations", headers=head).json()["model_version"]
     refit = load(tiny_stack)
+    refit.learned = {}  # the band table answers, and its first row now names pop
     refit.tables["next-item"][0] = {**refit.tables["next-item"][0], "members": ["pop"], "weights": [1.0],
                                     "threshold": None}
     refit.save(tmp_path / "refit")
