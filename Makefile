@@ -43,6 +43,7 @@ peers: $(VENV)/.peers
 bench: setup peers
 	$(VENV)/bin/thaw run --out results --no-progress
 	$(PY) benchmarks/main_job_tables.py results
+	$(PY) benchmarks/stack_headroom.py results
 	$(PY) benchmarks/baselines.py
 	$(PY) benchmarks/planted.py --part clusters
 	$(PY) benchmarks/hml_table2.py

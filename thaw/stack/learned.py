@@ -12,7 +12,8 @@ support's popularity. Two learners read them:
 - ``fwls``: feature-weighted linear stacking (Sill et al., 2009): each member's weight is a
   linear function of a few request features (support size, profile), fitted by a listwise
   softmax loss (next-item) or least squares (ratings). Small, and its weights explain it.
-- ``lgbm``: LightGBM's lambdarank ranker (next-item) or regressor (ratings) over every feature.
+- ``lgbm``: LightGBM's lambdarank ranker (next-item) or L1 regressor (ratings: MAE is the
+  headline) over every feature.
 
 Both are plain data once fitted (arrays, LightGBM's own text model format) and are saved with
 the stack; which one answers is chosen on validation users.
@@ -297,7 +298,7 @@ def _pad(table: Table, values: np.ndarray, width: int) -> tuple[np.ndarray, np.n
 # --- LightGBM -------------------------------------------------------------------------------
 
 def lgbm_fit(table: Table, valid: Table, features: Features, task: str, seed: int) -> str:
-    """A LightGBM lambdarank ranker (next-item) or L2 regressor (ratings), its rounds stopped
+    """A LightGBM lambdarank ranker (next-item) or L1 regressor (ratings), its rounds stopped
     early on the validation episodes; returned in LightGBM's own text format."""
     import lightgbm as lgb
 
@@ -310,7 +311,9 @@ def lgbm_fit(table: Table, valid: Table, features: Features, task: str, seed: in
         # trees ties many candidates: its rounds are stopped on the protocol's NDCG@10 instead.
         params |= {"objective": "lambdarank", "metric": "None", "lambdarank_truncation_level": 20}
     else:
-        params |= {"objective": "regression", "metric": "l1"}
+        # The rating tables' headline is MAE, which the median minimises, not the mean: an L1
+        # objective (ML-100k validation MAE 0.799 against 0.830 for least squares).
+        params |= {"objective": "regression_l1", "metric": "l1", "learning_rate": 0.05, "num_leaves": 15}
     names = [_safe(n) for n in features.names()]
 
     def dataset(t: Table, reference: Any = None) -> Any:
@@ -320,7 +323,7 @@ def lgbm_fit(table: Table, valid: Table, features: Features, task: str, seed: in
 
     train = dataset(table)
     callbacks = [lgb.early_stopping(30, verbose=False)] if len(valid.sizes) else []
-    booster = lgb.train(params, train, num_boost_round=300,
+    booster = lgb.train(params, train, num_boost_round=300 if task == "next-item" else 500,
                         valid_sets=[dataset(valid, train)] if len(valid.sizes) else None,
                         feval=target_ndcg(valid.sizes) if task == "next-item" else None,
                         callbacks=callbacks)
