@@ -148,3 +148,17 @@ def test_stack_table_is_the_band_table_alone(split):
         Stack(members=["pop"], stacker="forest")
     with pytest.raises(Exception, match="at least 2 folds"):
         Stack(members=["pop"], folds=1)
+
+
+def test_out_of_fold_users_bring_their_source_history_on_cross_domain_data():
+    from thaw.data.synthetic import make_mapped_domains
+    from thaw.transfer import cross_domain_split
+
+    pair = make_mapped_domains(n_users=120, n_source=40, n_target=30, seed=0)
+    train = cross_domain_split(pair, 0.2, seed=0).train
+    source = train.source_domain.interactions
+    for fold in user_folds(train, 3, seed=0):
+        assert fold.val and set(fold.sources) == {u for u in fold.val if u in set(source.user)}
+        for user, history in fold.sources.items():
+            assert (history.user == -1).all()
+            assert sorted(history.item) == sorted(source.item[source.user == user])

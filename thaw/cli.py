@@ -667,6 +667,8 @@ def fit(
     # A seed set with --param wins over --seed; stack members are made here, so that --param
     # reaches them too.
     made = {m: make_model(m, **{"seed": seed, **params.get(m, {})}) for m in member_names}
+    if name == "stack":  # its out-of-fold fits in worker processes, as an evaluation's fits
+        params["stack"] = {"jobs": _auto_jobs(), **params.get("stack", {})}
     the_model = make_model(name, **{"seed": seed, **params.get(name, {})},
                            **({"members": list(made.values())} if name in STACKS else {}))
     the_model.set_task(protocol)

@@ -442,12 +442,18 @@ def user_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 1
     fold_of = np.full(data.n_users, -1, dtype=np.int64)
     fold_of[rng.permutation(users)] = np.arange(len(users)) % folds
     all_items = np.arange(data.n_items)
+    # Cross-domain data: each held-out user brings their source-domain history, as the
+    # split's own validation and test users do (rows without a user id).
+    source = data.source_domain.interactions if data.source_domain is not None else None
+    histories = {} if source is None else by_user(source.take(chronological_order(source, seed)))
     out = []
     for f in range(folds):
         held = fold_of[inter.user] == f
         sequences = by_user(inter.take(held))
         negatives = sample_negatives(list(sequences), all_items, inter, rng, n_negatives)
         train = data.with_interactions(inter.take(~held), name=f"{data.name}:fold{f}")
+        sources = {u: dataclasses.replace(histories[u], user=np.full(len(histories[u]), -1))
+                   for u in sequences if u in histories}
         out.append(Split("new-user", train, sequences, {}, negatives, seed=seed,
-                         seen=items_by_user(inter, list(sequences))))
+                         seen=items_by_user(inter, list(sequences)), sources=sources))
     return out

@@ -108,7 +108,9 @@ class Stack(Recommender):
     ``members`` are names (made with ``seed`` and fitted by the stack) or Recommender
     instances; pass ``fitted=True`` when the instances are already fitted. The fallback
     (segment popularity) is added when absent: the breaker needs it. ``content`` names the
-    member that scores items with few training interactions (item bands).
+    member that scores items with few training interactions (item bands). ``stacker``, ``folds``
+    and ``max_learned`` shape the learned stacker (see ``fit``); ``jobs`` worker processes run
+    its out-of-fold fits in ``fit`` (an evaluation uses its own).
     """
 
     name = "stack"
@@ -122,7 +124,7 @@ class Stack(Recommender):
                  item_bands: Sequence[Sequence[int | None]] = ITEM_BANDS, max_blend: int = 3,
                  blend_step: float = 0.1, min_users: int = 10, time_budget: float | None = 2.0,
                  validation_ks: Sequence[int] = VALIDATION_KS, content: str = "content",
-                 stacker: str = "auto", folds: int = 5, max_learned: int = 6,
+                 stacker: str = "auto", folds: int = 5, max_learned: int = 6, jobs: int = 1,
                  seed: int = 0) -> None:
         # Imported here, not at the top: the registry imports this module.
         from thaw.registry import make_model
@@ -153,7 +155,9 @@ class Stack(Recommender):
             raise ThawError(f"the stack's out-of-fold episodes need at least 2 folds, not {folds}")
         if max_learned < 1:
             raise ThawError(f"max_learned must be at least 1, not {max_learned}")
-        self.stacker, self.folds, self.max_learned = stacker, folds, max_learned
+        if jobs < 1:
+            raise ThawError(f"jobs must be at least 1, not {jobs}")
+        self.stacker, self.folds, self.max_learned, self.jobs = stacker, folds, max_learned, jobs
         self.seed = seed
         self.task = "next-item"
         self.learned: dict[str, dict[str, Any]] = {}
@@ -189,7 +193,7 @@ class Stack(Recommender):
             chosen = self.choose_learned(episodes, outputs)
             floor = max(getattr(validate, "ks", (0,)))
             oof = out_of_fold({m: specs[m] for m in chosen}, data, validate, self.task, self.folds,
-                              self.validation_ks, floor, self.seed)
+                              self.validation_ks, floor, self.seed, jobs=self.jobs)
         return self.learn(data, episodes, outputs, confidences, oof)
 
     @contextlib.contextmanager
