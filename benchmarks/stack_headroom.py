@@ -55,6 +55,7 @@ def main() -> None:
                       f"{', '.join(learned['members'])}; validation {scores}")
             else:
                 print(f"\n{name}: fit {seconds.get(name, float('nan')):.1f} s")
+            print(f"\n`thaw stack explain` of {name}:\n```\n{info['explain']}\n```")
 
 
 if __name__ == "__main__":
