@@ -196,7 +196,7 @@ class Table:
                  confidences: Mapping[str, np.ndarray], item_counts: Sequence[np.ndarray] | None = None) -> None:
         """``item_counts``: each episode's own training counts of the items (out-of-fold
         episodes: their fold's), instead of the features'."""
-        x, s, labels, sizes, requests = [], [], [], [], []
+        x, labels, sizes, requests = [], [], [], []
         logs: dict[int, np.ndarray] = {}
         for i, ep in enumerate(episodes):
             out = {m: outputs[m][i] for m in features.members}
@@ -205,7 +205,6 @@ class Table:
             if item_counts is not None:
                 log_count = logs.setdefault(id(item_counts[i]), np.log1p(np.asarray(item_counts[i], dtype=np.float64)))
             x.append(features.rows(ep.context, ep.candidates, out, conf, log_count))
-            s.append(features.member_scores(out, len(ep.candidates)))
             if features.task == "next-item":
                 labels.append((np.arange(len(ep.candidates)) == 0).astype(np.float64))
             else:
@@ -214,7 +213,7 @@ class Table:
             requests.append(features.request_row(ep.context))
         width = len(features.names())
         self.x = np.concatenate(x) if x else np.zeros((0, width))
-        self.scores = np.concatenate(s) if s else np.zeros((0, len(features.members)))
+        self.scores = self.x[:, :len(features.members)]  # the rows' first columns
         self.labels = np.concatenate(labels) if labels else np.zeros(0)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.requests = np.stack(requests) if requests else np.zeros((0, len(features.request_names())))
@@ -276,13 +275,13 @@ def fwls_fit(table: Table, task: str, penalty: float) -> dict[str, np.ndarray]:
     return {"weights": np.ascontiguousarray(found.x[:-1].reshape(q, m)), "popularity": np.array([found.x[-1]])}
 
 
-def fwls_apply(params: Mapping[str, np.ndarray], request: np.ndarray, scores: np.ndarray,
-               item_log_count: np.ndarray) -> np.ndarray:
-    """FWLS's answer for one request (``scores``: items x members)."""
-    weights = request @ params["weights"]
-    out = scores @ weights
+def fwls_apply(params: Mapping[str, np.ndarray], requests: np.ndarray, scores: np.ndarray,
+               item_log_count: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """FWLS's answer for rows of items (``scores``: rows x members) of the requests
+    ``requests`` (requests x request features); ``episode`` is each row's request."""
+    out = np.sum(scores * (requests @ params["weights"])[episode], axis=1)
     if "intercept" in params:
-        return out + float(request @ params["intercept"])
+        return out + (requests @ params["intercept"])[episode]
     return out + float(params["popularity"][0]) * item_log_count
 
 

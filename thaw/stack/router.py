@@ -275,40 +275,34 @@ class Stack(Recommender):
             scores["fwls"] = -np.inf
             for penalty in learned.PENALTIES:
                 params = learned.fwls_fit(train, task, penalty)
-                value = self._validation_value(valid, episodes, task, "fwls", params, None, features)
+                value = self._validation_value(valid, episodes, task, "fwls", params, None)
                 if value > scores["fwls"]:
                     scores["fwls"], fwls = value, params | {"penalty": np.array([penalty])}
         if self.stacker in ("auto", "lgbm"):
             booster = learned.lgbm_fit(train, valid, features, task, self.seed)
             scores["lgbm"] = self._validation_value(valid, episodes, task, "lgbm", None,
-                                                    learned.lgbm_booster(booster), features)
+                                                    learned.lgbm_booster(booster))
         kind = max(scores, key=lambda k: scores[k])
         state = {"kind": kind, "members": members, "features": dict(vars(features)), "fwls": fwls,
                  "booster": booster, "validation": scores, "oof_episodes": len(oof.episodes),
-                 "oof_users": len({(e.user) for e in oof.episodes}), "folds": self.folds}
+                 "oof_users": len({e.user for e in oof.episodes}), "folds": self.folds}
         self.learned[task] = state
         self._models = None
         state["summary"] = self._summarise(task, episodes, valid, features)
         return state
 
     def _validation_value(self, valid: Any, episodes: Sequence[Any], task: str, kind: str, params: Any,
-                          booster: Any, features: Any) -> float:
-        answers = self._learned_answers(valid, task, kind, params, booster, features)
+                          booster: Any) -> float:
+        answers = self._learned_answers(valid, task, kind, params, booster)
         return float(np.mean([episode_value(a, e.truth, task)[0] for a, e in zip(answers, episodes, strict=True)]))
 
     @staticmethod
-    def _learned_answers(table: Any, task: str, kind: str, params: Any, booster: Any,
-                         features: Any) -> list[np.ndarray]:
+    def _learned_answers(table: Any, task: str, kind: str, params: Any, booster: Any) -> list[np.ndarray]:
         """The learner's answer on every episode of a stacked table."""
         if kind == "lgbm":
             flat = learned.lgbm_apply(booster, table.x, table.scores, task)
         else:
-            weights = np.einsum("ei,im->em", table.requests, params["weights"])[table.episode]
-            flat = np.sum(table.scores * weights, axis=1)
-            if "intercept" in params:
-                flat = flat + (table.requests @ params["intercept"])[table.episode]
-            else:
-                flat = flat + float(params["popularity"][0]) * table.x[:, -1]
+            flat = learned.fwls_apply(params, table.requests, table.scores, table.x[:, -1], table.episode)
         return table.split_outputs(flat)
 
     def _summarise(self, task: str, episodes: Sequence[Any], valid: Any, features: Any) -> list[dict[str, Any]]:
@@ -321,7 +315,7 @@ class Stack(Recommender):
         if state["kind"] == "lgbm":
             contrib = np.abs(learned.lgbm_contributions(learned.lgbm_booster(state["booster"]), valid.x))
         else:
-            weights = np.einsum("ei,im->em", valid.requests, state["fwls"]["weights"])
+            weights = valid.requests @ state["fwls"]["weights"]
         out = []
         for b, band in enumerate(self.bands):
             idx = np.flatnonzero(bands == b)
@@ -499,11 +493,8 @@ class Stack(Recommender):
         when a member it reads failed), or the table route's with its breaker."""
         ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
         fallback = ready.get(FALLBACK)
-        state = self.learned.get(task)
-        table = self._table(task)
-        # The source row (K = 0 with a source-domain history) stays the table's: the folds of
-        # the training users carry no source histories to learn it from.
-        if state is None or self._row_of(context, len(table)) == len(self.bands):
+        state = self._learner(task, context)
+        if state is None:
             route = self.route(task, context)
             confidence = confidences.get(self._primary(route), -np.inf)
             return self._route_output(route, ready, confidence, fallback, len(items))
@@ -511,14 +502,23 @@ class Stack(Recommender):
             return (np.zeros(len(items)) if fallback is None else fallback), True
         features, booster = self._learned_models(task)
         raw = {m: outputs[m] for m in state["members"]}
-        scores = features.member_scores(raw, len(items))
         if state["kind"] == "lgbm":
             rows = features.rows(context, items, raw, confidences)
-            answer = learned.lgbm_apply(booster, rows, scores, task)
+            answer = learned.lgbm_apply(booster, rows, rows[:, :len(state["members"])], task)
         else:
-            answer = learned.fwls_apply(state["fwls"], features.request_row(context), scores,
-                                        features._item_log_count(items))
+            answer = learned.fwls_apply(state["fwls"], features.request_row(context)[None],
+                                        features.member_scores(raw, len(items)),
+                                        features._item_log_count(items), np.zeros(len(items), dtype=int))
         return self._transform(answer, task), False
+
+    def _learner(self, task: str, context: Context) -> dict[str, Any] | None:
+        """The learned stacker's state when it answers this request; None when the table does:
+        no learner for ``task``, or the source row (K = 0 with a source-domain history), which
+        the learner cannot tell apart from a K = 0 request without one."""
+        state = self.learned.get(task)
+        if state is None or self._row_of(context, len(self._table(task))) == len(self.bands):
+            return None
+        return state
 
     def combine(self, task: str, context: Context, items: np.ndarray,
                 outputs: Mapping[str, np.ndarray | None],
@@ -539,9 +539,7 @@ class Stack(Recommender):
 
     def needed(self, task: str, context: Context) -> list[str]:
         """The members whose outputs ``combine`` needs for this request."""
-        state = self.learned.get(task)
-        if state is not None and self._row_of(context, len(self._table(task))) == len(self.bands):
-            state = None  # the source row: see _base_answer
+        state = self._learner(task, context)
         names = list(state["members"] if state else self.route(task, context)["members"]) + [FALLBACK]
         if any(self.item_weights.get(task, [])) and self.content in self.members:
             names.append(self.content)
