@@ -90,7 +90,7 @@ MAIN_JOB_STACK = {"folds": 3, "max_learned": 6}
 ITEM_STRATA = (0, 1, 3, 5, 10)
 # Options that change how a run goes, not what it computes: a results folder written with
 # other values of these is still "the same command" (see OUT_HELP).
-NOT_RESULT_SETTINGS = frozenset({"out", "jobs", "progress", "overwrite"})
+NOT_RESULT_SETTINGS = frozenset({"out", "jobs", "progress", "overwrite", "nproc", "device"})
 FEW_TEST_USERS = 30
 
 JOBS_HELP = (f"Models fitted at once, each in its own process on one thread (the numbers are the same as "
@@ -101,6 +101,10 @@ OUT_HELP = ("Results folder, written whole at the end (a temporary folder moved 
             "replaced only by a rerun of the command that wrote it (same command and settings; "
             "--jobs and --progress may differ); other results need --overwrite.")
 OVERWRITE_HELP = "Replace a results folder written by another command."
+NPROC_HELP = ("Processes to train with on this machine (torch.distributed: gloo on CPU, NCCL with "
+              "--device cuda): the command reruns itself under torchrun. Several machines: start "
+              "torchrun yourself (README).")
+DEVICE_HELP = "Where torch models train: cpu, cuda or cuda:N (the fitted weights come back to the CPU)."
 COMPARE_HELP = ("Model pairs to test, e.g. mf:bpr,metatl:metatl-nomaml (default: every pair); "
                 "comparisons.csv has each pair's Wilcoxon p, raw and Holm-corrected.")
 PARAM_HELP = ("A model's hyperparameter, MODEL.NAME=VALUE (e.g. sasrec.epochs=25, melu.hidden=32,32); "
@@ -554,6 +558,38 @@ def run(
          pairs=pairs, params=params, settings=settings, previous=previous)
 
 
+def _launch(nproc: int, device: str) -> None:
+    """Train on ``device``; with ``nproc`` > 1, rerun this very command under torchrun (one
+    machine, a free port) and exit with its status. Under torchrun, join the process group;
+    ranks other than 0 print nothing to stdout (rank 0 writes the logs and every file)."""
+    if nproc < 1:
+        raise ThawError(f"--nproc must be at least 1, not {nproc}")
+    os.environ["THAW_DEVICE"] = device
+    from thaw.compute import training_device
+
+    training_device()  # an unknown or missing device fails here, before any work
+    from thaw import distributed
+
+    if nproc > 1 and not distributed.launched():
+        import subprocess
+
+        args, skip = [], False
+        for arg in sys.argv[1:]:  # this command again, without --nproc
+            if skip or arg.startswith("--nproc="):
+                skip = False
+                continue
+            if arg == "--nproc":
+                skip = True
+                continue
+            args.append(arg)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={nproc}", "-m", "thaw", *args]
+        raise SystemExit(subprocess.call(launcher))
+    distributed.start(device)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # for the life of the process
+
+
 def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, float] | None):
     from thaw.data.loaders import load_dataset
 
@@ -629,6 +665,8 @@ def fit(
     columns: Annotated[str | None, typer.Option(help="Column mapping for CSV/Parquet, e.g. user=uid,item=iid.")] = None,
     rating_scale: Annotated[str | None, typer.Option(help=RATING_SCALE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP.replace(" Recorded in results.json.", ""))] = None,
+    nproc: Annotated[int, typer.Option(help=NPROC_HELP)] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Fit one model on every user but the validation users and save it for `thaw recommend`."""
     from thaw.data.splits import make_split
@@ -654,6 +692,7 @@ def fit(
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
     settings = _settings(ctx)
     _check_out(out, settings, overwrite, kind="model")
+    _launch(nproc, device)
     if two_domains:
         from thaw.transfer.data import cross_domain_split, load_cross_domain
 
@@ -678,6 +717,10 @@ def fit(
     # and were never trained on; dropping them would lose them at the first retrain). A
     # cross-domain split keeps its training side, which carries the source domain.
     the_model.dataset = the_split.train if two_domains else data
+    from thaw import distributed
+
+    if not distributed.is_main():
+        return
     path = persist.save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
     if name in STACKS:
         typer.echo(the_model.explain())

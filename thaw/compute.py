@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 
 import torch
 from threadpoolctl import ThreadpoolController
+
+from thaw.errors import ThawError
 
 
 @functools.cache
@@ -33,3 +36,37 @@ def one_thread() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+def training_device() -> torch.device:
+    """Where torch models train: THAW_DEVICE (``thaw fit --device``), CPU by default.
+
+    Only training moves: fitted weights come back to the CPU, so a model trained on a GPU is
+    saved, loaded and served like any other. Under torchrun every rank takes the GPU of its
+    LOCAL_RANK.
+    """
+    name = os.environ.get("THAW_DEVICE", "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ThawError(f"device '{name}' asked for, but torch sees no CUDA GPU here")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device(name)
+    raise ThawError(f"device must be cpu, cuda or cuda:N, not '{name}'")
+
+
+@contextlib.contextmanager
+def trained_on(module: torch.nn.Module) -> Iterator[torch.device]:
+    """Move ``module`` to the training device for the block and back to the CPU after it (an
+    epoch's steps: validation between epochs scores on the CPU, as serving does)."""
+    device = training_device()
+    if device.type == "cpu":
+        yield device
+        return
+    module.to(device)
+    try:
+        yield device
+    finally:
+        module.to("cpu")

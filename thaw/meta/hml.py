@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from thaw import distributed
 from thaw.data.schema import Dataset
 from thaw.meta.maml import Params
 from thaw.meta.melu import FeatureMetaLearner
 from thaw.models.base import Context, Validator, choose_on_validation, usable_validator
-from thaw.models.neural import TaskBatch, Trainer, pad_and_stack
+from thaw.models.neural import TaskBatch, Trainer, pad_and_stack, share_of
 
 
 class HML(FeatureMetaLearner):
@@ -71,12 +72,21 @@ class HML(FeatureMetaLearner):
     def _outer_params(self) -> list[Tensor]:
         return list(self.net.parameters()) + list(self.extra.parameters())
 
+    def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
+        super().fit(data, validate)
+        # each rank counted the tasks of its own shares (torch.distributed)
+        self.cluster_sizes = np.sum(distributed.gather(self.cluster_sizes), axis=0)
+        return self
+
     def _train_step(self, trainer: Trainer, batch: TaskBatch) -> float:
-        losses = torch.stack([self.maml.task_losses(batch, fast=init)
+        part, weight = share_of(batch)
+        if part is None:
+            return trainer.step(None)
+        losses = torch.stack([self.maml.task_losses(part, fast=init)
                               for init in self.initialisations()], dim=1)  # (tasks, inits)
         assign = losses.detach().argmin(dim=1)  # hard task clustering on the query loss
-        self.cluster_sizes += np.bincount(assign.numpy(), minlength=self.n_inits)
-        return trainer.step(losses.gather(1, assign[:, None]).mean())
+        self.cluster_sizes += np.bincount(assign.cpu().numpy(), minlength=self.n_inits)
+        return trainer.step(losses.gather(1, assign[:, None]).mean(), weight)
 
     def _trained(self) -> nn.Module:
         return nn.ModuleList([self.net, self.extra])
@@ -210,19 +220,23 @@ class SoftHML(HML):
         if self.choice_in_training() == "query":
             return super()._train_step(trainer, batch)
         inits = self.initialisations()
+        half = self._support_halves(batch)  # drawn for the whole batch: every rank's coins agree
+        batch, weight = share_of(batch)
+        if batch is None:
+            return trainer.step(None)
+        half = half.part(distributed.share(len(half)))
         losses = torch.stack([self.maml.task_losses(batch, fast=init) for init in inits], dim=1)
-        half = self._support_halves(batch)
         with torch.no_grad():
             judged = torch.stack([self.maml.task_losses(half, fast=init) for init in inits], dim=1)
         weights = choice_weights(judged.detach(), self.train_temperature)
-        self.cluster_sizes += np.bincount(judged.argmin(dim=1).numpy(), minlength=self.n_inits)
-        return trainer.step((weights * losses).sum(dim=1).mean())
+        self.cluster_sizes += np.bincount(judged.argmin(dim=1).cpu().numpy(), minlength=self.n_inits)
+        return trainer.step((weights * losses).sum(dim=1).mean(), weight)
 
     def _support_halves(self, batch: TaskBatch) -> TaskBatch:
         """Each task's support split at random into an adapting half and a judging half; a
         task whose split leaves one half empty is judged on its whole support, as at test time."""
         mask = batch.support["mask"]
-        coin = (torch.rand(mask.shape, generator=self._coin) < 0.5).to(mask.dtype)
+        coin = (torch.rand(mask.shape, generator=self._coin) < 0.5).to(mask)
         first, second = mask * coin, mask * (1 - coin)
         whole = ((first.sum(1) == 0) | (second.sum(1) == 0))[:, None]
         first, second = torch.where(whole, mask, first), torch.where(whole, mask, second)

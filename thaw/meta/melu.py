@@ -19,7 +19,7 @@ from torch import Tensor
 from thaw.meta.maml import MAML, Params
 from thaw.models.base import Context
 from thaw.models.features_net import FeatureModel
-from thaw.models.neural import TaskBatch, Trainer, pad_and_stack
+from thaw.models.neural import TaskBatch, Trainer, pad_and_stack, share_of
 
 DECISION_LAYERS = ("decision.", "out.")
 
@@ -54,7 +54,8 @@ class FeatureMetaLearner(FeatureModel):
                          first_order=self.first_order)
 
     def _train_step(self, trainer: Trainer, batch: TaskBatch) -> float:
-        return trainer.step(self.maml.task_losses(batch).mean())
+        part, weight = share_of(batch)
+        return trainer.step(None if part is None else self.maml.task_losses(part).mean(), weight)
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -41,7 +41,17 @@ from thaw.data.schema import Dataset
 from thaw.data.splits import by_user, chronological_order
 from thaw.meta.maml import MAML, MetaTrainer, Params
 from thaw.models.base import Context, Recommender, Validator, train_epochs
-from thaw.models.neural import Rows, TaskBatch, chunked, exact_scores, float64_copy, pad, pad_and_stack, stack_rows
+from thaw.models.neural import (
+    Rows,
+    TaskBatch,
+    chunked,
+    exact_scores,
+    float64_copy,
+    pad,
+    pad_and_stack,
+    share_of,
+    stack_rows,
+)
 from thaw.models.sampling import sample_unseen
 
 SCORE_CHUNK = 64  # cold users adapted at once (each holds its own float64 copy of θ2)
@@ -333,6 +343,11 @@ class MetaCSR(Recommender):
                          inner_lr=self.inner_lr)
         self._scorer: tuple[MAML, Tensor] | None = None
 
+    def train_step(self, trainer: MetaTrainer, batch: TaskBatch) -> float:
+        """One outer step on this rank's share of the batch (all of it in one process)."""
+        part, weight = share_of(batch, weigh="tasks" if self.meta else "rows")
+        return trainer.step(None if part is None else self.batch_loss(part), weight)
+
     def batch_loss(self, batch: TaskBatch) -> Tensor:
         """The outer loss of a batch of tasks, from one item table made from the live θ1."""
         with self.net.reading(self.net.item_table()):
@@ -350,7 +365,7 @@ class MetaCSR(Recommender):
         trainer = MetaTrainer(self.maml, lr=self.lr)
 
         def train_epoch() -> float:
-            losses = [trainer.step(self.batch_loss(batch))
+            losses = [self.train_step(trainer, batch)
                       for batch in self.tasks.epoch(self.batch_size, rng)]
             self._scorer = None  # the weights moved
             return float(np.mean(losses))

@@ -31,7 +31,7 @@ from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
 from thaw.meta.maml import MAML, MetaTrainer
 from thaw.models.base import Context, Recommender, Validator, train_epochs
-from thaw.models.neural import TaskBatch, chunked, exact_scores, float64_copy, stack_rows
+from thaw.models.neural import TaskBatch, chunked, exact_scores, float64_copy, share_of, stack_rows
 from thaw.models.sampling import pair_keys, sample_unseen, sample_unseen_by
 
 
@@ -111,6 +111,11 @@ class MetaTL(Recommender):
 
     # --- fitting -------------------------------------------------------------------------
 
+    def _train_step(self, trainer: MetaTrainer, batch: TaskBatch) -> float:
+        """One outer step on this rank's share of the batch (all of it in one process)."""
+        part, weight = share_of(batch)
+        return trainer.step(None if part is None else self.engine.task_losses(part).mean(), weight)
+
     @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         torch.manual_seed(self.seed)
@@ -126,9 +131,8 @@ class MetaTL(Recommender):
 
         def train_epoch() -> float:
             order = rng.permutation(np.repeat(np.arange(tasks.n_users), self.tasks_per_user))
-            losses = [trainer.step(self.engine.task_losses(
-                tasks.sample(order[start:start + self.batch_size], rng)).mean())
-                for start in range(0, len(order), self.batch_size)]
+            losses = [self._train_step(trainer, tasks.sample(order[start:start + self.batch_size], rng))
+                      for start in range(0, len(order), self.batch_size)]
             self._scorer = None  # the weights moved
             return float(np.mean(losses))
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 from tqdm.auto import tqdm
 
+from thaw import distributed
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
 
@@ -283,12 +284,16 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
     validate = usable_validator(validate)
     stopper = EarlyStopping(patience)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(epochs), desc=f"fit {model.name}", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=f"fit {model.name}", disable=not (progress and distributed.is_main()),
+               leave=False)
     for epoch in bar:
         record = {"epoch": epoch + 1, "loss": float(train_epoch())}
         stop = False
         if validate is not None:
-            record["validation"] = value = validation_score(validate, model, f"at epoch {epoch + 1}")
+            # every rank validates the same weights; rank 0's number decides, so no rank can
+            # stop an epoch before the others and leave them waiting in a collective
+            value = distributed.from_main(validation_score(validate, model, f"at epoch {epoch + 1}"))
+            record["validation"] = value
             stop = stopper.update(value, lambda: copy.deepcopy(net.state_dict()))
         history.append(record)
         bar.set_postfix(record)

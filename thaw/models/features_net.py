@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from thaw.compute import one_thread
+from thaw.compute import one_thread, trained_on
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import by_user, chronological_order
@@ -41,6 +41,7 @@ from thaw.models.neural import (
     masked_mse,
     pad,
     pad_and_stack,
+    share_of,
     stack_rows,
 )
 from thaw.models.sampling import sample_unseen
@@ -226,11 +227,14 @@ class FeatureModel(Recommender):
         rng = np.random.default_rng(self.seed)
         tasks = TrainingTasks(data, self.builder, seed=self.seed)
         trainer = Trainer(self._outer_params(), lr=self.lr)
-        self.history = train_epochs(
-            self, validate, epochs=self.epochs, patience=self.patience, net=self._trained(),
-            train_epoch=lambda: float(np.mean([self._train_step(trainer, batch)
-                                               for _, batch in tasks.epochs(1, self.batch_size, rng)])),
-            progress=self.progress)
+
+        def train_epoch() -> float:
+            with trained_on(self._trained()) as device:
+                return float(np.mean([self._train_step(trainer, batch.to(device))
+                                      for _, batch in tasks.epochs(1, self.batch_size, rng)]))
+
+        self.history = train_epochs(self, validate, epochs=self.epochs, patience=self.patience,
+                                    net=self._trained(), train_epoch=train_epoch, progress=self.progress)
         return self
 
     def _trained(self) -> nn.Module:
@@ -242,9 +246,12 @@ class FeatureModel(Recommender):
 
     def _train_step(self, trainer: Trainer, batch: TaskBatch) -> float:
         """Ordinary training: every support and query row of the batch is one example."""
-        rows = {k: torch.cat([batch.support[k].flatten(0, 1), batch.query[k].flatten(0, 1)])
-                for k in batch.support}
-        return trainer.step(self.loss()(self.net(inputs(rows)), rows["target"], rows["mask"]))
+        part, weight = share_of(batch, weigh="rows")
+        if part is None:
+            return trainer.step(None)
+        rows = {k: torch.cat([part.support[k].flatten(0, 1), part.query[k].flatten(0, 1)])
+                for k in part.support}
+        return trainer.step(self.loss()(self.net(inputs(rows)), rows["target"], rows["mask"]), weight)
 
     # --- scoring -------------------------------------------------------------------------
 

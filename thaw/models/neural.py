@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from thaw import distributed
+
 if TYPE_CHECKING:
     from thaw.models.base import Context
 
@@ -42,6 +44,17 @@ class TaskBatch:
 
     def __len__(self) -> int:
         return int(self.support["mask"].shape[0])
+
+    def to(self, device: torch.device) -> TaskBatch:
+        if device.type == "cpu":
+            return self
+        return TaskBatch({k: v.to(device) for k, v in self.support.items()},
+                         {k: v.to(device) for k, v in self.query.items()})
+
+    def part(self, rows: slice) -> TaskBatch:
+        """The tasks ``rows`` of the batch."""
+        return TaskBatch({k: v[rows] for k, v in self.support.items()},
+                         {k: v[rows] for k, v in self.query.items()})
 
 
 def pad(rows: Rows, size: int) -> Rows:
@@ -95,20 +108,51 @@ def masked_bce(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 class Trainer:
-    """One optimiser step per loss: Adam on ``params``, the gradient norm clipped to ``clip``."""
+    """One optimiser step per loss: Adam on ``params``, the gradient norm clipped to ``clip``.
 
-    def __init__(self, params: Iterable[Tensor], *, lr: float = 1e-3, clip: float | None = 5.0) -> None:
+    Under torch.distributed (``thaw.distributed``) each rank passes the loss of its share of
+    the batch and that share's ``weight`` (its rows over the batch's rows, from
+    ``share_of``); the gradients are summed over ranks before clipping, so every rank takes the
+    step one process would take on the whole batch, and the returned loss is the batch's.
+    """
+
+    def __init__(self, params: Iterable[Tensor], *, lr: float = 1e-3, clip: float | None = 5.0,
+                 weight_decay: float = 0.0) -> None:
         self.params = list(params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        distributed.broadcast_parameters(self.params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
         self.clip = clip
 
-    def step(self, loss: Tensor) -> float:
+    def step(self, loss: Tensor | None, weight: float = 1.0) -> float:
+        """``loss`` is None for a rank whose share of the batch is empty."""
         self.optimizer.zero_grad()
-        loss.backward()
+        value = 0.0
+        if loss is not None:
+            (loss * weight).backward()
+            value = float(loss.detach()) * weight
+        if distributed.active():
+            (value,) = distributed.sum_gradients(self.params, [value])
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
-        return float(loss.detach())
+        return value
+
+
+def share_of(batch: TaskBatch, weigh: str = "tasks") -> tuple[TaskBatch | None, float]:
+    """This rank's share of a batch of tasks and its weight: its tasks over the batch's tasks
+    (a loss averaged over tasks), or with ``weigh="rows"`` its unmasked rows over the batch's
+    (a loss averaged over every support and query row). The whole batch and 1.0 in one
+    process; None when the share is empty."""
+    if not distributed.active():
+        return batch, 1.0
+    part = distributed.share(len(batch))
+    if part.start == part.stop:
+        return None, 0.0
+    mine = batch.part(part)
+    if weigh == "tasks":
+        return mine, (part.stop - part.start) / len(batch)
+    rows = lambda b: float(b.support["mask"].sum() + b.query["mask"].sum())  # noqa: E731
+    return mine, rows(mine) / max(rows(batch), 1.0)
 
 
 # --- the scoring path ------------------------------------------------------------------------

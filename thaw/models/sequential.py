@@ -48,13 +48,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from thaw.compute import one_thread
+from thaw import distributed
+from thaw.compute import one_thread, trained_on, training_device
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset
 from thaw.data.splits import by_user, chronological_order
 from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender, Validator, train_epochs
-from thaw.models.neural import chunked, exact_scores, float64_copy
+from thaw.models.neural import Trainer, chunked, exact_scores, float64_copy
 from thaw.models.sampling import pair_keys, sample_unseen_by
 
 LOSSES = ("ce", "bce", "sampled")
@@ -174,7 +175,7 @@ class SequentialRecommender(Recommender):
         self.known = trained[1:data.n_items + 1]
         if self.item_side is not None:  # an item with genres or a year is represented by them
             self.known = self.known | self.item_side[1:data.n_items + 1].any(axis=1)
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.l2)
+        trainer = Trainer(self.net.parameters(), lr=self.lr, clip=None, weight_decay=self.l2)
         inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
         real = targets_t > 0
         lengths = real.sum(1)
@@ -188,6 +189,9 @@ class SequentialRecommender(Recommender):
         counts = torch.bincount(targets_t[real], minlength=data.n_items + 2)[classes].double()
         log_q = torch.log(counts / counts.sum()).float()
         draws = torch.Generator().manual_seed(self.seed)
+        device = training_device()
+        inputs_t, targets_t, real, lengths, classes, column, log_q = (
+            t.to(device) for t in (inputs_t, targets_t, real, lengths, classes, column, log_q))
 
         def batch_loss(states: Tensor, target_tokens: Tensor, negative_tokens: Tensor | None) -> Tensor:
             weights = self.net.table()
@@ -201,27 +205,36 @@ class SequentialRecommender(Recommender):
             return nn.functional.softplus(-pos).mean() + nn.functional.softplus(neg).mean()
 
         def train_epoch() -> float:
+            with trained_on(self.net):
+                return run_epoch()
+
+        def run_epoch() -> float:
             self.net.train()
             self._scorer = None
             negatives = None
             if self.loss == "bce":
                 negatives = torch.as_tensor(sample_unseen_by(
-                    owners, targets.shape, seen_keys, self.n_items, rng, pool=train_items) + 1)
-            order = torch.as_tensor(rng.permutation(len(inputs)))
+                    owners, targets.shape, seen_keys, self.n_items, rng, pool=train_items) + 1).to(device)
+            order = torch.as_tensor(rng.permutation(len(inputs))).to(device)
             losses = []
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 # Right padding under a causal encoder: columns after the batch's longest
                 # window change nothing, so they are cut off.
                 width = int(lengths[idx].max())
-                states = self.net(inputs_t[idx, :width])
-                mask = real[idx, :width]
-                loss = batch_loss(states[mask], targets_t[idx, :width][mask],
-                                  None if negatives is None else negatives[idx, :width][mask])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+                mine, weight = idx, 1.0
+                if distributed.active():  # this rank's windows, weighted by their targets
+                    mine = idx[distributed.share(len(idx))]
+                    weight = float(real[mine, :width].sum()) / float(real[idx, :width].sum())
+                loss = None
+                if len(mine):
+                    states = self.net(inputs_t[mine, :width])
+                    mask = real[mine, :width]
+                    loss = batch_loss(states[mask], targets_t[mine, :width][mask],
+                                      None if negatives is None else negatives[mine, :width][mask])
+                elif self.loss == "sampled":  # keep this rank's negative draws in step
+                    torch.multinomial(log_q.exp(), self.n_negatives, replacement=True, generator=draws)
+                losses.append(trainer.step(loss, weight))
             return float(np.mean(losses))
 
         self.history = train_epochs(self, validate, epochs=self.epochs, patience=self.patience,
@@ -374,12 +387,14 @@ def sampled_softmax(states: Tensor, table: Tensor, classes: Tensor, target_colum
     """Cross-entropy of each true next item against ``n_negatives`` classes drawn by
     exp(log_q), every logit minus its log_q (the logQ correction); a drawn negative that is a
     row's own target is masked out of that row."""
-    drawn = torch.multinomial(log_q.exp(), n_negatives, replacement=True, generator=generator)
+    # drawn on the CPU by the seeded generator, wherever the states are
+    drawn = torch.multinomial(log_q.exp().cpu(), n_negatives, replacement=True,
+                              generator=generator).to(states.device)
     pos = (states * table[classes[target_columns]]).sum(-1, keepdim=True) - log_q[target_columns, None]
     neg = states @ table[classes[drawn]].T - log_q[drawn]
     neg = neg.masked_fill(drawn[None, :] == target_columns[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
-    return nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.int64))
+    return nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.int64, device=logits.device))
 
 
 class SASRec(SequentialRecommender):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from thaw import distributed
 from thaw.compute import one_thread
 from thaw.data.features import FeatureSpace, item_documents
 from thaw.data.schema import Dataset, Interactions
@@ -210,6 +211,20 @@ class TwoTower(Recommender):
         """Binary cross-entropy of the user's logits over the rows whose mask is 1."""
         return masked_mean(bce(self.net.logits(self.net.users(x), items), target), mask)
 
+    def _train_step(self, trainer: Trainer, batch: tuple[dict[str, Tensor], Tensor, Tensor, Tensor]) -> float:
+        """One step on this rank's share of the users (all of them in one process), weighted
+        by its share of the positive slots every loss is averaged over."""
+        if not distributed.active():
+            return trainer.step(self.loss(*batch))
+        x, items, target, mask = batch
+        rows = distributed.share(len(items))
+        if rows.start == rows.stop:
+            return trainer.step(None)
+        slots = mask[:, :self.targets]
+        weight = float(slots[rows].sum()) / max(float(slots.sum()), 1.0)
+        return trainer.step(self.loss({k: v[rows] for k, v in x.items()}, items[rows], target[rows],
+                                      mask[rows]), weight)
+
     @one_thread()
     def fit(self, data: Dataset, validate: Validator | None = None) -> Self:
         torch.manual_seed(self.seed)
@@ -223,7 +238,7 @@ class TwoTower(Recommender):
         def epoch() -> float:
             self.net.train()
             order = rng.permutation(users)
-            losses = [trainer.step(self.loss(*self.training_batch(order[s:s + self.batch_size], rng, seen)))
+            losses = [self._train_step(trainer, self.training_batch(order[s:s + self.batch_size], rng, seen))
                       for s in range(0, len(order), self.batch_size)]
             self.net.eval()
             return float(np.mean(losses)) if losses else 0.0
