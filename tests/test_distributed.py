@@ -20,7 +20,7 @@ ROOT = WORKER.parent.parent
 
 def _fit(name: str, params: dict, out: Path, nproc: int) -> list[dict[str, np.ndarray]]:
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "THAW_DIST_DEBUG": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     launcher = ([] if nproc == 1 else
@@ -82,3 +82,36 @@ def test_one_process_keeps_the_whole_batch():
     assert distributed.share(7) == slice(0, 7)
     part, weight = share_of(batch)
     assert part is batch and weight == 1.0
+
+
+def test_two_processes_share_out_an_evaluation_and_write_one_processs_results(tmp_path):
+    """`thaw evaluate --nproc 2`: each rank fits its share of the models, rank 0 gathers and
+    writes; the results are the single process's, cell for cell."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "THAW_DIST_DEBUG": "1"}
+    args = ["evaluate", "--models", "random,pop,segment-pop,content", "--ks", "0,1,3",
+            "--bootstrap", "10", "--jobs", "1", "--no-progress"]
+    for nproc in (1, 2):
+        done = subprocess.run([sys.executable, "-m", "thaw", *args, "--out", str(tmp_path / f"p{nproc}"),
+                               "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    shares = sorted(line for line in done.stderr.splitlines() if line.startswith("rank "))
+    assert [s.split(" runs ")[0] for s in shares] == ["rank 0", "rank 1"]
+    assert "nothing" not in done.stderr  # both ranks fitted models
+    for name in ("results.csv", "per_user.csv"):
+        assert (tmp_path / "p1" / name).read_text() == (tmp_path / "p2" / name).read_text()
+    assert "random" in (tmp_path / "p2" / "results.csv").read_text()
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "device must be cpu, cuda or cuda:N"),
+                                             ("cuda", "no CUDA GPU")])
+def test_a_device_that_cannot_train_is_refused_before_any_work(tmp_path, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = subprocess.run([sys.executable, "-m", "thaw", "fit", "--model", "pop", "--out",
+                           str(tmp_path / "m"), "--device", device],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "m").exists()

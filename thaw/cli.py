@@ -482,6 +482,8 @@ def evaluate(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP, show_default=False)] = None,
     compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
+    nproc: Annotated[int, typer.Option(help=NPROC_HELP + " Each process fits its share of the models.")] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Fit models on training users and evaluate them on held-out users, stratified by K."""
     from thaw.data.splits import SPLIT_KINDS, make_split, read_split_folder
@@ -511,6 +513,7 @@ def evaluate(
                                item_strata=strata)
     _check_data(the_split.train, [protocol])
     _warn_missing_text(the_split.train, names)
+    _launch(nproc, device)
     _run([protocol], [(the_split, names)], ks_tuple, candidates, out, seed, bootstrap, progress,
          jobs, pairs=pairs, params=params, settings=settings, previous=previous)
 
@@ -527,6 +530,8 @@ def run(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP, show_default=False)] = None,
     compare: Annotated[str | None, typer.Option(help=COMPARE_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", metavar="MODEL.NAME=VALUE", help=PARAM_HELP)] = None,
+    nproc: Annotated[int, typer.Option(help=NPROC_HELP + " Each process fits its share of the models.")] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """thaw's main job: every model and the stack, new users, new items and both, both protocols.
 
@@ -545,6 +550,7 @@ def run(
     data = _load(dataset, None, None)
     _check_data(data, ["next-item", "rating"])
     _warn_missing_text(data, names)
+    _launch(nproc, device)
     if "stack" in names:
         # The stack's out-of-fold fits, sized for the main job's time on two cores: three folds
         # of the six members best on validation (plus the fallback and content).
@@ -646,6 +652,10 @@ def _run(protocols: list[str], runs: list[tuple], ks: tuple[int, ...], candidate
                 f"{m} {s:.1f}" for m, s in zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
             _echo_warnings(result.warnings)
             results.append(result)
+    from thaw import distributed
+
+    if not distributed.is_main():  # every rank holds the same results; rank 0 writes them
+        return
     paths = write_results(results, out, seed=seed, command=["thaw", *sys.argv[1:]], params=params,
                           settings=settings)
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")

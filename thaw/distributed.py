@@ -13,25 +13,34 @@ trains through ``thaw.models.neural.Trainer``:
 - parameters are broadcast from rank 0 when a trainer starts, and decisions taken from numbers
   (early stopping) follow rank 0's numbers, so ranks cannot drift apart or wait on each other.
 
+The embarrassingly parallel parts (an evaluation's model fits, the stack's fold fits) are split
+the other way: each rank runs its share of the jobs ``alone()`` — no collective inside — and the
+outcomes are gathered (``gather``).
+
 Nothing here does anything in a single process: ``active()`` is false and every helper returns
 its input. Processes are started by ``torchrun`` (or ``thaw fit --nproc N``); gloo on CPU,
-NCCL on CUDA. A rank that dies ends the others within ``TIMEOUT`` instead of hanging them.
+NCCL on CUDA. A rank that dies is seen by torchrun, which stops the others at once; a rank that
+hangs fails the job after ``TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("THAW_DIST_TIMEOUT", "600")))
-"""How long a collective waits for a missing rank before the job fails (THAW_DIST_TIMEOUT s)."""
+TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("THAW_DIST_TIMEOUT", "7200")))
+"""How long a collective waits for a rank that neither answers nor dies (THAW_DIST_TIMEOUT s):
+long, because gathering the outcomes of shared-out jobs waits for the slowest rank's fits."""
+
+_alone = 0  # > 0 inside ``alone()``
 
 
 def launched() -> bool:
@@ -55,11 +64,28 @@ def stop() -> None:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _alone == 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block this rank trains by itself: a job that is this rank's alone must not
+    wait in a collective for ranks that are busy with other jobs."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
+def _grouped() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank in the group (inside ``alone()`` too: rank 0 still writes)."""
+    return dist.get_rank() if _grouped() else 0
 
 
 def size() -> int:
@@ -73,6 +99,8 @@ def is_main() -> bool:
 
 def share(n: int) -> slice:
     """This rank's contiguous share of ``n`` rows (the whole of them in one process)."""
+    if not active():
+        return slice(0, n)
     r, w = rank(), size()
     return slice(n * r // w, n * (r + 1) // w)
 
@@ -149,3 +177,19 @@ def assert_in_step(params: Iterable[Tensor], what: str = "parameters") -> None:
 
 def debug() -> bool:
     return os.environ.get("THAW_DIST_DEBUG", "") not in ("", "0")
+
+
+def deal(costs: Sequence[float]) -> list[int]:
+    """The jobs this rank runs (their indices, in order): the longest first, each to the rank
+    with the least work so far; every rank computes the same dealing. All of them in one
+    process."""
+    if not active():
+        return list(range(len(costs)))
+    load = [0.0] * size()
+    mine = []
+    for job in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        least = min(range(size()), key=lambda r: (load[r], r))
+        load[least] += costs[job]
+        if least == rank():
+            mine.append(job)
+    return sorted(mine)

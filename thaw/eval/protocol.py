@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
-from thaw import errors
+from thaw import distributed, errors
 from thaw.data.schema import Dataset
 from thaw.data.splits import Split, item_stratum, user_folds
 from thaw.errors import ThawError
@@ -336,7 +336,22 @@ def _check_test_users(split: Split, n_users: int, max_k: int, min_users: int) ->
 def _run_jobs(job: Callable[[str, Any], Any], tasks: Mapping[str, Any], jobs: int,
               expected: Mapping[str, float], desc: str, progress: bool) -> dict[str, Any]:
     """``job(name, task)`` for every task, here (``jobs == 1`` or a single task) or in ``jobs``
-    worker processes, under one progress bar; the outcomes by name."""
+    worker processes, under one progress bar; the outcomes by name.
+
+    Under torch.distributed the tasks are dealt out over the ranks by expected seconds; each
+    rank runs its share alone and every rank gets every outcome (the jobs are seeded one by
+    one, so the outcomes are one process's)."""
+    if distributed.active():
+        names = list(tasks)
+        mine = distributed.deal([expected.get(n) or 1.0 for n in names])
+        if distributed.debug():
+            print(f"rank {distributed.rank()} runs {', '.join(names[i] for i in mine) or 'nothing'} "
+                  f"of {desc}", file=sys.stderr, flush=True)
+        with distributed.alone():
+            local = _run_jobs(job, {names[i]: tasks[names[i]] for i in mine}, jobs, expected, desc,
+                              progress and distributed.is_main())
+        gathered = {n: o for outcomes in distributed.gather(local) for n, o in outcomes.items()}
+        return {n: gathered[n] for n in names}
     bar = _Progress(list(tasks), 1 if jobs == 1 or len(tasks) == 1 else min(jobs, len(tasks)),
                     expected, desc, progress)
     try:

@@ -301,6 +301,8 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
             break
     if stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)
+    if distributed.debug():  # THAW_DIST_DEBUG=1: every rank ends with the same weights
+        distributed.assert_in_step(net.parameters(), f"{model.name} weights")
     return history
 
 
