@@ -14,7 +14,8 @@ import warnings
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import METRICS, DegenerateResultWarning, evaluate
+from thaw.eval.episodes import METRICS
+from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import markdown_table
 
 

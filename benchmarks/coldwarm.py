@@ -27,8 +27,9 @@ import pandas as pd
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import DegenerateResultWarning, compare, evaluate
+from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import format_tables
+from thaw.eval.statistics import compare
 from thaw.models.coldwarm import ColdWarmColdOnly, ColdWarmNet, ColdWarmNoBias, ColdWarmNoDKD, ColdWarmNoGate
 from thaw.models.two_tower import DSSM, FM, YouTubeDNN
 from thaw.registry import make_model
@@ -121,7 +122,7 @@ def main() -> None:
 
 
 def _episodes_by_k(split, ks):
-    from thaw.eval.protocol import episodes
+    from thaw.eval.episodes import episodes
 
     return {k: episodes(split, "test", k, "next-item", max_k=max(ks)) for k in ks}
 

@@ -28,7 +28,8 @@ import warnings
 
 import pandas as pd
 
-from thaw.eval.protocol import DegenerateResultWarning, compare
+from thaw.eval.protocol import DegenerateResultWarning
+from thaw.eval.statistics import compare
 from thaw.transfer import cross_domain_split, load_cross_domain, permuted_source
 from thaw.transfer.evaluate import (
     BASELINE,

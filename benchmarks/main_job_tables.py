@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from thaw.eval.protocol import METRICS
+from thaw.eval.episodes import METRICS
 from thaw.eval.report import HEADLINE, markdown_table
 
 

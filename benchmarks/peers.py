@@ -54,20 +54,10 @@ import torch
 from thaw.data.loaders import load_dataset
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import Split, chronological_order, make_split
-from thaw.eval.protocol import (
-    DegenerateResultWarning,
-    Episode,
-    EvalResult,
-    SplitValidator,
-    compare,
-    episode_metrics,
-    episodes,
-    evaluate,
-    model_outputs,
-    paired_p,
-    summarise,
-)
+from thaw.eval.episodes import Episode, episode_metrics, episodes, model_outputs
+from thaw.eval.protocol import DegenerateResultWarning, EvalResult, SplitValidator, evaluate
 from thaw.eval.report import format_tables
+from thaw.eval.statistics import compare, paired_p, summarise
 from thaw.models.base import Context, Recommender, train_epochs
 
 SEQUENCE_PEERS = ("GRU4Rec", "SASRec", "BERT4Rec")

@@ -30,7 +30,8 @@ import numpy as np
 
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_preference_clusters, make_step_walks
-from thaw.eval.protocol import DegenerateResultWarning, episodes, evaluate
+from thaw.eval.episodes import episodes
+from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.registry import make_model
 
 SAME = {"epochs": 20, "lr": 1e-3, "inner_steps": 2, "inner_lr": 0.05}

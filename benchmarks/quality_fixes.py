@@ -23,7 +23,8 @@ import numpy as np
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import SplitValidator, episodes, score_episodes
+from thaw.eval.episodes import episodes, score_episodes
+from thaw.eval.protocol import SplitValidator
 from thaw.models.base import Recommender
 from thaw.registry import make_model
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import episodes
+from thaw.eval.episodes import episodes
 from thaw.models.coldwarm import ColdWarmNet
 from thaw.models.retrieval import ExactIndex, FaissIndex, recall_at
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.protocol import DEFAULT_KS, DegenerateResultWarning, SplitValidator, evaluate, score_episodes
+from thaw.eval.episodes import score_episodes
+from thaw.eval.protocol import DEFAULT_KS, DegenerateResultWarning, SplitValidator, evaluate
 from thaw.registry import make_model
 
 # The configurations ``grid`` fits (besides the registry default, fitted first). The outside

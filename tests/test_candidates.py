@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from thaw.data.splits import make_split, read_split_folder
-from thaw.eval.protocol import episodes
+from thaw.eval.episodes import episodes
 
 KINDS = ["new-user", "new-item", "both", "temporal", "warm", "external"]
 

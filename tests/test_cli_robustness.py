@@ -390,11 +390,11 @@ def test_interval_cell():
 
 
 def test_progress_names_what_runs_now_and_an_eta_from_earlier_times():
-    from thaw.eval.protocol import _Progress
+    from thaw.eval.progress import Progress
 
     now = [0.0]
-    bar = _Progress(["pop", "sasrec", "hml", "deepfm"], 2, {"pop": 1, "sasrec": 90, "hml": 60, "deepfm": 30},
-                    "evaluate", enabled=False, clock=lambda: now[0])
+    bar = Progress(["pop", "sasrec", "hml", "deepfm"], 2, {"pop": 1, "sasrec": 90, "hml": 60, "deepfm": 30},
+                   "evaluate", enabled=False, clock=lambda: now[0])
     bar.started("pop")
     bar.started("sasrec")
     assert bar.running() == ["pop", "sasrec"]
@@ -405,7 +405,7 @@ def test_progress_names_what_runs_now_and_an_eta_from_earlier_times():
     # sasrec has 59 s left, hml 30 s; deepfm starts when hml ends (at +30) and takes 30: ETA 60 s.
     assert bar.eta() == pytest.approx(60.0)
     assert bar.text() == "running sasrec 31s, hml 30s; ETA 1m00s"
-    unknown = _Progress(["pop", "new"], 1, {"pop": 1}, "evaluate", enabled=False)
+    unknown = Progress(["pop", "new"], 1, {"pop": 1}, "evaluate", enabled=False)
     unknown.started("pop")
     assert unknown.eta() is None and unknown.text().startswith("running pop")
 

@@ -93,9 +93,9 @@ def test_two_processes_share_out_an_evaluation_and_write_one_processs_results(tm
     for nproc in (1, 2):
         done = subprocess.run([sys.executable, "-m", "thaw", *args, "--out", str(tmp_path / f"p{nproc}"),
                                "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     shares = sorted(line for line in done.stderr.splitlines() if line.startswith("rank "))
-    assert [s.split(" runs ")[0] for s in shares] == ["rank 0", "rank 1"]
+    assert [s.split(" runs ")[0] for s in shares] == ["rank 0", "rank 1"], done.stderr[-3000:]
     assert "nothing" not in done.stderr  # both ranks fitted models
     for name in ("results.csv", "per_user.csv"):
         assert (tmp_path / "p1" / name).read_text() == (tmp_path / "p2" / name).read_text()

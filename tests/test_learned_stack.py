@@ -6,7 +6,8 @@ import pytest
 import thaw
 from thaw.data.splits import make_split, user_folds
 from thaw.data.synthetic import make_synthetic
-from thaw.eval.protocol import SplitValidator, episodes, out_of_fold, score_episodes
+from thaw.eval.episodes import episodes, score_episodes
+from thaw.eval.protocol import SplitValidator, out_of_fold
 from thaw.models.base import Context, Recommender
 from thaw.registry import make_model
 from thaw.stack import Stack, StackTable

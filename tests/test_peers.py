@@ -13,7 +13,8 @@ import pytest
 
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
-from thaw.eval.protocol import SplitValidator, episodes
+from thaw.eval.episodes import episodes
+from thaw.eval.protocol import SplitValidator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402  (a script under benchmarks/, not a package)

@@ -8,17 +8,9 @@ import pytest
 
 from thaw.data.splits import make_split
 from thaw.errors import ThawError
-from thaw.eval.protocol import (
-    DegenerateResultWarning,
-    EvalResult,
-    FewUsersWarning,
-    SplitValidator,
-    compare,
-    episodes,
-    evaluate,
-    holm,
-    summarise,
-)
+from thaw.eval.episodes import episodes
+from thaw.eval.protocol import DegenerateResultWarning, EvalResult, FewUsersWarning, SplitValidator, evaluate
+from thaw.eval.statistics import compare, holm, summarise
 from thaw.models.base import Recommender
 from thaw.registry import make_model
 

@@ -8,7 +8,8 @@ import pytest
 
 from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
-from thaw.eval.protocol import SplitValidator, episodes, evaluate, score_episodes
+from thaw.eval.episodes import episodes, score_episodes
+from thaw.eval.protocol import SplitValidator, evaluate
 from thaw.models.base import Context, Recommender, top_n
 from thaw.registry import make_model
 from thaw.stack import Stack

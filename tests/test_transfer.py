@@ -16,7 +16,8 @@ import torch
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.synthetic import make_mapped_domains
 from thaw.errors import DataError, ThawError
-from thaw.eval.protocol import SplitValidator, episodes
+from thaw.eval.episodes import episodes
+from thaw.eval.protocol import SplitValidator
 from thaw.models.base import Context, Recommender
 from thaw.models.baselines import Popularity
 from thaw.models.persist import load

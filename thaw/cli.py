@@ -487,7 +487,7 @@ def evaluate(
 ) -> None:
     """Fit models on training users and evaluate them on held-out users, stratified by K."""
     from thaw.data.splits import SPLIT_KINDS, make_split, read_split_folder
-    from thaw.eval.protocol import PROTOCOLS
+    from thaw.eval.episodes import PROTOCOLS
 
     _check_choice(protocol, PROTOCOLS, "protocol")
     _check_choice(candidates, ("sampled", "full"), "candidates")
@@ -680,7 +680,8 @@ def fit(
 ) -> None:
     """Fit one model on every user but the validation users and save it for `thaw recommend`."""
     from thaw.data.splits import make_split
-    from thaw.eval.protocol import PROTOCOLS, SplitValidator
+    from thaw.eval.episodes import PROTOCOLS
+    from thaw.eval.protocol import SplitValidator
     from thaw.models import persist
     from thaw.registry import make_model
     from thaw.stack.router import DEFAULT_MEMBERS

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from thaw.eval.protocol import LOWER_IS_BETTER, holm, paired_p
+from thaw.eval.metrics import LOWER_IS_BETTER
+from thaw.eval.statistics import holm, paired_p
 
 
 def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,

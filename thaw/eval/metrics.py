@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+"""Metrics where a smaller value is better (the rest: larger)."""
+
 
 def target_rank(target_score: float, other_scores: np.ndarray) -> int:
     """1-based rank of the target among the others, ties (and NaN) counted against it."""

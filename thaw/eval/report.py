@@ -24,7 +24,9 @@ import pandas as pd
 
 from thaw import __version__
 from thaw.errors import ThawError
-from thaw.eval.protocol import LOWER_IS_BETTER, METRICS, EvalResult
+from thaw.eval.episodes import METRICS
+from thaw.eval.metrics import LOWER_IS_BETTER
+from thaw.eval.protocol import EvalResult
 
 BASELINES = ("random", "pop")
 HEADLINE = {"next-item": "ndcg@10", "rating": "mae"}

@@ -176,7 +176,8 @@ class Stack(Recommender):
         (unless ``stacker='table'``) refit the chosen members on folds of ``data`` and learn the
         stacker from their out-of-fold episodes. Members handed fitted are copied and refitted
         for the folds, so their ``fit`` must start afresh."""
-        from thaw.eval.protocol import model_confidences, model_outputs, out_of_fold
+        from thaw.eval.episodes import model_confidences, model_outputs
+        from thaw.eval.protocol import out_of_fold
 
         specs = {name: copy.deepcopy(member) for name, member in self.members.items()}
         if not self.fitted_members:

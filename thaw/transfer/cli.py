@@ -34,7 +34,8 @@ def transfer(
 
     tgt, cmf, emcdr, ptupcdr and the stack, with random and pop, K-stratified on the target;
     warns wherever transfer is significantly worse than tgt."""
-    from thaw.eval.protocol import PROTOCOLS, DegenerateResultWarning
+    from thaw.eval.episodes import PROTOCOLS
+    from thaw.eval.protocol import DegenerateResultWarning
     from thaw.eval.report import format_tables, write_results
     from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source, read_roles
     from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer

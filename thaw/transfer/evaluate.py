@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from thaw.data.splits import Split
-from thaw.eval.protocol import DEFAULT_KS, EvalResult, compare, episodes, evaluate
+from thaw.eval.episodes import episodes
+from thaw.eval.protocol import DEFAULT_KS, EvalResult, evaluate
+from thaw.eval.statistics import compare
 
 TRANSFER_MODELS = ("cmf", "emcdr", "ptupcdr")
 BASELINE = "tgt"
