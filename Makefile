@@ -72,6 +72,9 @@ bench: setup peers
 	$(PY) benchmarks/cli_startup.py --repeats 5
 	$(PY) benchmarks/cross_domain.py --control
 	$(PY) benchmarks/cross_domain.py --pairs ml-1m:drama-comedy --protocols rating
+	$(PY) benchmarks/distributed.py --part engine
+	$(PY) benchmarks/distributed.py --part fit
+	$(PY) benchmarks/distributed.py --part job
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

