@@ -7,8 +7,11 @@ users: the new-user split of `thaw run` (K = 0, 1, 3, 5, 10), every registered m
 stack over all of them but random (the learned stacker at its defaults: five folds of its six
 best members).
 items: the new-item and both-cold splits with item strata N = 0, 1, 3, 5, 10, the models that
-can score an unseen item, and two band-table stacks over them (the learned stacker's folds are
-of users): one whose item-side member is TF-IDF content, one whose is MiniLM content.
+can score an unseen item, two band-table stacks over them (one whose item-side member is TF-IDF
+content, one whose is MiniLM content) and the learned stacker over the TF-IDF members
+(`stack-learned`: on the new-item split its out-of-fold episodes come from folds of the
+training items, each item scored as a new item by fits that never saw it; on the both-cold
+split from folds of users).
 """
 
 from __future__ import annotations
@@ -72,9 +75,10 @@ def main() -> None:
                 models = {n: make_model(n) for n in ITEM_MODELS}
                 shared = [n for n in ITEM_MODELS if n not in ("random", "content", "content-minilm")]
                 for name, content in (("stack-tfidf", "content"), ("stack-minilm", "content-minilm")):
-                    # The band table: the learned stacker's folds are of users, not items.
                     models[name] = StackTable(members=[*shared, content], content=content)
                     models[name].name = name
+                models["stack-learned"] = Stack(members=[*shared, "content"], content="content", folds=3)
+                models["stack-learned"].name = "stack-learned"
                 run(split, models, protocol, args.seed, args.jobs)
     print(f"total {time.perf_counter() - start:.0f} s")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import thaw
-from thaw.data.splits import make_split, user_folds
+from thaw.data.splits import item_folds, make_split, user_folds
 from thaw.data.synthetic import make_synthetic
 from thaw.eval.episodes import episodes, score_episodes
 from thaw.eval.protocol import SplitValidator, out_of_fold
@@ -91,6 +91,48 @@ def test_out_of_fold_scores_never_come_from_a_fit_that_saw_the_user(split):
                                        strict=True) if n > 10}
     assert all(len({f for e, f in zip(oof.episodes, oof.fold, strict=True) if e.user == u}) == 1
                for u in list(users)[:20])
+
+
+class ItemSpy(Recommender):
+    """Scores every item with a token of the fit that made it, and remembers which items each
+    fit was trained on."""
+
+    fits: dict[float, set[int]] = {}
+
+    def fit(self, data, validate=None):
+        self.token = float(len(ItemSpy.fits) + 1)
+        ItemSpy.fits[self.token] = set(np.unique(data.interactions.item).tolist())
+        return self
+
+    def score(self, ctx, items):
+        return np.full(len(items), self.token)
+
+
+def test_item_folds_score_items_as_new_items_no_fit_saw():
+    split = make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-item", seed=0)
+    ItemSpy.fits.clear()
+    oof = out_of_fold({"spy": ItemSpy()}, split.train, None, "next-item", 3, KS, 3, seed=0, by="items")
+    assert len(ItemSpy.fits) == 3 and len(oof.episodes) > 300 and oof.by == "items"
+    folds = item_folds(split.train, 3, seed=0)
+    held = [set(f.held_items.tolist()) for f in folds]
+    assert sorted(i for h in held for i in h) == sorted(np.unique(split.train.interactions.item).tolist())
+    for ep, out, fold, counts in zip(oof.episodes, oof.outputs["spy"], oof.fold, oof.item_counts, strict=True):
+        seen_by_fit = ItemSpy.fits[out[0]]
+        # every candidate (the target and its negatives) is one of the fold's held-out items,
+        # none of which the fit that scored it trained on, and the learner is told they are new
+        assert set(ep.candidates.tolist()) <= held[fold] and not seen_by_fit & held[fold]
+        assert counts[ep.candidates].sum() == 0
+        assert ep.context.user == ep.user  # warm users, known by id, as in the new-item split
+
+
+def test_a_learned_stack_on_a_new_item_split_learns_from_item_folds():
+    split = make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-item", seed=0)
+    stack = Stack(members=["pop", "content", "mf"], validation_ks=(0, 1, 3), time_budget=None,
+                  stacker="fwls", folds=2)
+    stack.fit(split.train, validate=SplitValidator(split, "next-item", (0, 1, 3)))
+    state = stack.learned["next-item"]
+    assert state["fold_by"] == "items" and state["oof_episodes"] > 0
+    assert "2 folds of items" in stack.explain()
 
 
 @pytest.mark.parametrize("protocol", ["next-item", "rating"])

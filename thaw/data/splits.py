@@ -457,3 +457,29 @@ def user_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 1
         out.append(Split("new-user", train, sequences, {}, negatives, seed=seed,
                          seen=items_by_user(inter, list(sequences)), sources=sources))
     return out
+
+
+def item_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 100) -> list[Split]:
+    """The items of ``data`` cut into ``folds`` new-item splits: fold f trains on every
+    interaction with the other folds' items and holds fold f's items out entirely, its
+    validation part being each (warm, known) user's interactions with them, ranked among fold f's
+    items. What a stack on a new-item split learns its item side from: every training item is
+    scored once, as a new item, by fits that never saw it."""
+    if folds < 2:
+        raise ThawError(f"out-of-fold episodes need at least 2 folds, not {folds}")
+    inter = data.interactions.take(chronological_order(data.interactions, seed))
+    items = np.unique(inter.item)
+    if len(items) < folds:
+        raise ThawError(f"{len(items)} training items cannot be cut into {folds} folds")
+    rng = np.random.default_rng([seed, 13])
+    fold_of = np.full(data.n_items, -1, dtype=np.int64)
+    fold_of[rng.permutation(items)] = np.arange(len(items)) % folds
+    out = []
+    for f in range(folds):
+        held = fold_of[inter.item] == f
+        sequences = by_user(inter.take(held))
+        negatives = sample_negatives(list(sequences), np.flatnonzero(fold_of == f), inter, rng, n_negatives)
+        train = data.with_interactions(inter.take(~held), name=f"{data.name}:itemfold{f}")
+        out.append(Split("new-item", train, sequences, {}, negatives, np.flatnonzero(fold_of == f),
+                         users_known=True, seed=seed, seen=items_by_user(inter, list(sequences))))
+    return out

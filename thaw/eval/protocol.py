@@ -21,7 +21,7 @@ import pandas as pd
 
 from thaw import errors
 from thaw.data.schema import Dataset
-from thaw.data.splits import Split, user_folds
+from thaw.data.splits import Split, item_folds, user_folds
 from thaw.errors import ThawError
 from thaw.eval.episodes import (
     Episode,
@@ -304,7 +304,8 @@ def _stack_out_of_fold(stack: Any, specs: Mapping[str, Recommender], split: Spli
     outputs = {m: [outcomes[m][3]["val"][i] for i in keep] for m in stack.members}
     chosen = stack.choose_learned([val_eps[i] for i in keep], outputs)
     return out_of_fold({m: specs[m] for m in chosen}, split.train, validator, protocol, stack.folds,
-                       stack.validation_ks, max(ks), stack.seed, jobs=jobs, progress=progress)
+                       stack.validation_ks, max(ks), stack.seed, jobs=jobs, progress=progress,
+                       by=folds_for(split.kind))
 
 
 def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: tuple[int, ...],
@@ -366,6 +367,8 @@ class OutOfFold:
     """Fit and score seconds of every fold job, added up."""
     item_counts: list[np.ndarray] = field(default_factory=list)
     """Each episode's items' training interactions in its fold's training data."""
+    by: str = "users"
+    """What the folds hold out: "users" (new users) or "items" (new items, known users)."""
 
 
 
@@ -381,10 +384,11 @@ class _FoldJob:
     floor: int
     seed: int
     validator: Any
+    by: str = "users"
 
     def __call__(self, name: str, task: tuple[int, Recommender]) -> tuple[list[np.ndarray], np.ndarray, float]:
         fold, model = task
-        split = user_folds(self.data, self.folds, seed=self.seed)[fold]
+        split = FOLDS[self.by](self.data, self.folds, seed=self.seed)[fold]
         eps = fold_episodes(split, self.ks, self.protocol, self.floor)
         start = time.perf_counter()
         model.set_task(self.protocol)
@@ -393,17 +397,28 @@ class _FoldJob:
         return outputs, model_confidences(model, eps, outputs), time.perf_counter() - start
 
 
+# How out-of-fold episodes are cut: folds of users (new users) or of items (new items).
+FOLDS = {"users": user_folds, "items": item_folds}
+
+
+def folds_for(split_kind: str) -> str:
+    """Item folds for a new-item split, whose test requests rank items no member has seen;
+    user folds for every other kind."""
+    return "items" if split_kind == "new-item" else "users"
+
+
 def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any, protocol: str,
                 folds: int, ks: Sequence[int], floor: int, seed: int, *, jobs: int = 1,
-                progress: bool = False) -> OutOfFold:
-    """Refit copies of the (unfitted) ``models`` on ``folds`` folds of ``data``'s users and score
-    each fold's users at every K in ``ks``. Fits select settings on ``validator``'s users, as
-    the full fits do; ``jobs > 1`` runs the fold fits in worker processes."""
-    splits = user_folds(data, folds, seed=seed)
-    job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator)
+                progress: bool = False, by: str = "users") -> OutOfFold:
+    """Refit copies of the (unfitted) ``models`` on ``folds`` folds of ``data``'s users (or,
+    ``by="items"``, its items) and score each fold's held-out users (or their interactions
+    with the held-out items) at every K in ``ks``. Fits select settings on ``validator``'s
+    users, as the full fits do; ``jobs > 1`` runs the fold fits in worker processes."""
+    splits = FOLDS[by](data, folds, seed=seed)
+    job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator, by)
     tasks = {f"{name} fold {f + 1}/{folds}": (f, copy.deepcopy(model))
              for name, model in models.items() for f in range(folds)}
-    results = run_jobs(job, tasks, jobs, {}, f"stack: out-of-fold fits ({protocol})", progress)
+    results = run_jobs(job, tasks, jobs, {}, f"stack: out-of-fold fits ({protocol}, {by})", progress)
     eps, fold_of, counts = [], [], []
     outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
     confidences: dict[str, list[np.ndarray]] = {m: [] for m in models}
@@ -418,7 +433,7 @@ def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any
             outputs[m] += out
             confidences[m].append(conf)
     return OutOfFold(eps, outputs, {m: np.concatenate(c) if c else np.zeros(0) for m, c in confidences.items()},
-                     np.asarray(fold_of, dtype=np.int64), float(sum(r[2] for r in results.values())), counts)
+                     np.asarray(fold_of, dtype=np.int64), float(sum(r[2] for r in results.values())), counts, by)
 
 
 def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender,

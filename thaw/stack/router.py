@@ -177,7 +177,7 @@ class Stack(Recommender):
         stacker from their out-of-fold episodes. Members handed fitted are copied and refitted
         for the folds, so their ``fit`` must start afresh."""
         from thaw.eval.episodes import model_confidences, model_outputs
-        from thaw.eval.protocol import out_of_fold
+        from thaw.eval.protocol import folds_for, out_of_fold
 
         specs = {name: copy.deepcopy(member) for name, member in self.members.items()}
         if not self.fitted_members:
@@ -193,8 +193,10 @@ class Stack(Recommender):
         if self.stacker != "table" and episodes:
             chosen = self.choose_learned(episodes, outputs)
             floor = max(getattr(validate, "ks", (0,)))
+            split = getattr(validate, "split", None)
             oof = out_of_fold({m: specs[m] for m in chosen}, data, validate, self.task, self.folds,
-                              self.validation_ks, floor, self.seed, jobs=self.jobs)
+                              self.validation_ks, floor, self.seed, jobs=self.jobs,
+                              by=folds_for(split.kind if split is not None else "new-user"))
         return self.learn(data, episodes, outputs, confidences, oof)
 
     @contextlib.contextmanager
@@ -286,7 +288,8 @@ class Stack(Recommender):
         kind = max(scores, key=lambda k: scores[k])
         state = {"kind": kind, "members": members, "features": dict(vars(features)), "fwls": fwls,
                  "booster": booster, "validation": scores, "oof_episodes": len(oof.episodes),
-                 "oof_users": len({e.user for e in oof.episodes}), "folds": self.folds}
+                 "oof_users": len({e.user for e in oof.episodes}), "folds": self.folds,
+                 "fold_by": getattr(oof, "by", "users")}
         self.learned[task] = state
         self._models = None
         state["summary"] = self._summarise(task, episodes, valid, features)
@@ -695,7 +698,8 @@ class Stack(Recommender):
         lines = [f"  answered by the learned stacker: {state['kind']} (validation {metric}: {scores}; "
                  f"table, in-sample per band, mean {table_value:.4f})",
                  f"  learned from {state['oof_episodes']} out-of-fold episodes of {state['oof_users']} "
-                 f"training users ({state['folds']} folds); members: {', '.join(state['members'])}",
+                 f"training users ({state['folds']} folds of {state.get('fold_by', 'users')}); "
+                 f"members: {', '.join(state['members'])}",
                  "  effective weight per band (" + ("share of mean |contribution|" if state["kind"] == "lgbm"
                                                    else "mean member weight") + ") and top features:"]
         for band in state.get("summary", []):
