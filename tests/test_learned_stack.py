@@ -125,6 +125,20 @@ def test_item_folds_score_items_as_new_items_no_fit_saw():
         assert ep.context.user == ep.user  # warm users, known by id, as in the new-item split
 
 
+def test_item_folds_keep_each_held_items_first_interactions_as_the_split_does():
+    train = make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-item", seed=0).train
+    counts = np.bincount(train.interactions.item, minlength=train.n_items)
+    for fold in item_folds(train, 3, seed=0, item_strata=(0, 1, 3)):
+        kept = np.bincount(fold.train.interactions.item, minlength=train.n_items)[fold.held_items]
+        assert set(kept.tolist()) <= {0, 1, 3} and len(set(kept.tolist())) > 1
+        # what a held item kept is its first interactions, and none of them is asked about
+        trained = set(zip(fold.train.interactions.user.tolist(), fold.train.interactions.item.tolist(),
+                          strict=True))
+        for user, seq in fold.val.items():
+            assert not {(user, i) for i in seq.item.tolist()} & trained
+        assert (kept <= counts[fold.held_items]).all()
+
+
 def test_a_learned_stack_on_a_new_item_split_learns_from_item_folds():
     split = make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-item", seed=0)
     stack = Stack(members=["pop", "content", "mf"], validation_ks=(0, 1, 3), time_budget=None,

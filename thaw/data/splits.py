@@ -459,12 +459,14 @@ def user_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 1
     return out
 
 
-def item_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 100) -> list[Split]:
+def item_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 100,
+               item_strata: tuple[int, ...] = (0,)) -> list[Split]:
     """The items of ``data`` cut into ``folds`` new-item splits: fold f trains on every
-    interaction with the other folds' items and holds fold f's items out entirely, its
-    validation part being each (warm, known) user's interactions with them, ranked among fold f's
-    items. What a stack on a new-item split learns its item side from: every training item is
-    scored once, as a new item, by fits that never saw it."""
+    interaction with the other folds' items and holds fold f's items out, its validation part
+    being each (warm, known) user's interactions with them, ranked among fold f's items. What a
+    stack on a new-item split learns its item side from: every training item is scored once,
+    as a new item, by fits that never saw it (or saw only its first N interactions, N drawn
+    from ``item_strata`` per item as ``make_split`` does, so the learner sees counts too)."""
     if folds < 2:
         raise ThawError(f"out-of-fold episodes need at least 2 folds, not {folds}")
     inter = data.interactions.take(chronological_order(data.interactions, seed))
@@ -474,12 +476,16 @@ def item_folds(data: Dataset, folds: int, *, seed: int = 0, n_negatives: int = 1
     rng = np.random.default_rng([seed, 13])
     fold_of = np.full(data.n_items, -1, dtype=np.int64)
     fold_of[rng.permutation(items)] = np.arange(len(items)) % folds
+    everyone = np.zeros(len(inter), dtype=np.int8)  # every user here is a training user
     out = []
     for f in range(folds):
-        held = fold_of[inter.item] == f
+        held_items = (fold_of == f).astype(np.int8)
+        support = _item_support(inter, everyone, held_items, tuple(item_strata), seed + f)
+        held = (held_items[inter.item] > 0) & ~support
         sequences = by_user(inter.take(held))
-        negatives = sample_negatives(list(sequences), np.flatnonzero(fold_of == f), inter, rng, n_negatives)
+        negatives = sample_negatives(list(sequences), np.flatnonzero(held_items), inter, rng, n_negatives)
         train = data.with_interactions(inter.take(~held), name=f"{data.name}:itemfold{f}")
-        out.append(Split("new-item", train, sequences, {}, negatives, np.flatnonzero(fold_of == f),
-                         users_known=True, seed=seed, seen=items_by_user(inter, list(sequences))))
+        out.append(Split("new-item", train, sequences, {}, negatives, np.flatnonzero(held_items),
+                         users_known=True, seed=seed, item_strata=tuple(sorted(set(item_strata) | {0})),
+                         seen=items_by_user(inter, list(sequences))))
     return out

@@ -305,7 +305,7 @@ def _stack_out_of_fold(stack: Any, specs: Mapping[str, Recommender], split: Spli
     chosen = stack.choose_learned([val_eps[i] for i in keep], outputs)
     return out_of_fold({m: specs[m] for m in chosen}, split.train, validator, protocol, stack.folds,
                        stack.validation_ks, max(ks), stack.seed, jobs=jobs, progress=progress,
-                       by=folds_for(split.kind))
+                       by=folds_for(split.kind), item_strata=split.item_strata)
 
 
 def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: tuple[int, ...],
@@ -385,10 +385,11 @@ class _FoldJob:
     seed: int
     validator: Any
     by: str = "users"
+    item_strata: tuple[int, ...] = (0,)
 
     def __call__(self, name: str, task: tuple[int, Recommender]) -> tuple[list[np.ndarray], np.ndarray, float]:
         fold, model = task
-        split = FOLDS[self.by](self.data, self.folds, seed=self.seed)[fold]
+        split = self.splits()[fold]
         eps = fold_episodes(split, self.ks, self.protocol, self.floor)
         start = time.perf_counter()
         model.set_task(self.protocol)
@@ -396,9 +397,10 @@ class _FoldJob:
         outputs = model_outputs(model, eps, self.protocol)
         return outputs, model_confidences(model, eps, outputs), time.perf_counter() - start
 
-
-# How out-of-fold episodes are cut: folds of users (new users) or of items (new items).
-FOLDS = {"users": user_folds, "items": item_folds}
+    def splits(self) -> list[Split]:
+        if self.by == "items":
+            return item_folds(self.data, self.folds, seed=self.seed, item_strata=self.item_strata)
+        return user_folds(self.data, self.folds, seed=self.seed)
 
 
 def folds_for(split_kind: str) -> str:
@@ -409,13 +411,16 @@ def folds_for(split_kind: str) -> str:
 
 def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any, protocol: str,
                 folds: int, ks: Sequence[int], floor: int, seed: int, *, jobs: int = 1,
-                progress: bool = False, by: str = "users") -> OutOfFold:
+                progress: bool = False, by: str = "users", item_strata: Sequence[int] = (0,)) -> OutOfFold:
     """Refit copies of the (unfitted) ``models`` on ``folds`` folds of ``data``'s users (or,
     ``by="items"``, its items) and score each fold's held-out users (or their interactions
-    with the held-out items) at every K in ``ks``. Fits select settings on ``validator``'s
+    with the held-out items, which keep ``item_strata`` first interactions in training) at
+    every K in ``ks``. Fits select settings on ``validator``'s
     users, as the full fits do; ``jobs > 1`` runs the fold fits in worker processes."""
-    splits = FOLDS[by](data, folds, seed=seed)
-    job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator, by)
+    if by not in ("users", "items"):
+        raise ValueError(f"folds are of users or items, not {by!r}")
+    job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator, by, tuple(item_strata))
+    splits = job.splits()
     tasks = {f"{name} fold {f + 1}/{folds}": (f, copy.deepcopy(model))
              for name, model in models.items() for f in range(folds)}
     results = run_jobs(job, tasks, jobs, {}, f"stack: out-of-fold fits ({protocol}, {by})", progress)

@@ -196,7 +196,8 @@ class Stack(Recommender):
             split = getattr(validate, "split", None)
             oof = out_of_fold({m: specs[m] for m in chosen}, data, validate, self.task, self.folds,
                               self.validation_ks, floor, self.seed, jobs=self.jobs,
-                              by=folds_for(split.kind if split is not None else "new-user"))
+                              by=folds_for(split.kind if split is not None else "new-user"),
+                              item_strata=getattr(split, "item_strata", (0,)))
         return self.learn(data, episodes, outputs, confidences, oof)
 
     @contextlib.contextmanager
