@@ -90,8 +90,11 @@
     ...rateButtons(x.item))));
     const entering = ids.filter((id) => !before.has(id)).length;
     const change = state.step === 0 ? 'first list' : `${entering} of 10 new`;
+    const r = out.route;
+    const how = `K=${out.k}${r.band === null ? '' : `, band ${r.band}`}, ${r.kind}` +
+      (r.breaker_tripped ? ', breaker tripped' : '');
     $('timeline').append(el('li', { 'data-k': out.k }, `${action} → `, el('span', { class: 'change' }, change),
-      `; ${describeRoute(out)}; top 3: ${ids.slice(0, 3).map(titleOf).join(' · ')}`));
+      `; ${how}; top 3: ${ids.slice(0, 3).map(titleOf).join(' · ')}`));
     state.top = ids;
     state.step += 1;
     document.body.dataset.step = state.step;
@@ -125,7 +128,7 @@
   }
 
   async function search(query) {
-    const found = await api('GET', `/v1/items?n=20&q=${encodeURIComponent(query)}`);
+    const found = await api('GET', `/v1/items?n=12&q=${encodeURIComponent(query)}`);
     for (const row of found.items) state.titles[row.item] = row;
     $('search-results').replaceChildren(...found.items.map((row) => el('li', { 'data-item': row.item },
       el('span', { class: 'title' }, row.title || row.item,
