@@ -399,8 +399,7 @@ def _metric_table(result: EvalResult, metric: str) -> str:
     comp = result.comparisons
     lower = metric in LOWER_IS_BETTER
     order = list(dict.fromkeys(table["model"]))
-    wide = {c: table.pivot_table(index="model", columns="K", values=c, sort=False).reindex(order)
-            for c in ("value", "low", "high")}
+    wide = {c: table.pivot(index="model", columns="K", values=c).reindex(order) for c in ("value", "low", "high")}
     rows = [f"<h3>{html.escape(metric)} ({'lower' if lower else 'higher'} is better)</h3><table>"
             "<tr><th>model</th>" + "".join(f"<th>K={k}</th>" for k in ks) + "</tr>"]
     best, starred = {}, set()
@@ -437,9 +436,7 @@ def _leads_significantly(comp: pd.DataFrame, k: int, metric: str, best: str, mod
     if not len(comp):
         return False
     c = comp[(comp["K"] == k) & (comp["metric"] == metric)]
-    for other in models - {best}:
-        pair = c[((c["model_a"] == best) & (c["model_b"] == other))
-                 | ((c["model_a"] == other) & (c["model_b"] == best))]
-        if pair.empty or not (pair["better"].iloc[0] == best and bool(pair["significant"].iloc[0])):
-            return False
-    return True
+    mine = c[(c["model_a"] == best) | (c["model_b"] == best)]
+    won = {b if a == best else a: better == best and bool(significant) for a, b, better, significant in
+           zip(mine["model_a"], mine["model_b"], mine["better"], mine["significant"], strict=True)}
+    return all(won.get(other, False) for other in models - {best})
