@@ -110,6 +110,17 @@ def test_the_page_asks_for_a_token_where_the_api_needs_one(service):
     assert client.get("/v1/items", headers={"Authorization": "Bearer " + "x" * 16}).status_code == 200
 
 
+def test_serve_refuses_a_results_folder_without_a_report(tiny_stack, tmp_path, monkeypatch):
+    from thaw.errors import ThawError
+    from thaw.serve.cli import serve
+
+    monkeypatch.delenv("THAW_API_TOKENS", raising=False)
+    db = tmp_path / "thaw.db"
+    with pytest.raises(ThawError, match="no report.html there"):
+        serve(tiny_stack, db=f"sqlite:///{db}", host="127.0.0.1", port=0, workers=1, results=tmp_path)
+    assert not db.exists()  # refused before the store was touched
+
+
 # --- in the browser ------------------------------------------------------------------------------
 
 
