@@ -142,3 +142,15 @@ def test_the_png_draws_few_strong_lines(result, tmp_path):
         matplotlib.axes.Axes.plot = real
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert drawn.count("#cccccc") == 6 and len(drawn) == len(PLANTED)  # one panel, 6 faint lines
+
+
+def test_the_curve_keeps_the_strong_bands_inside_its_range_and_ticks_round():
+    from thaw.eval.glance import _ticks, curve_svg
+
+    assert [f"{t:.3g}" for t in _ticks(-0.02, 0.83)] == ["0", "0.2", "0.4", "0.6", "0.8"]
+    table = planted_result(users=12).table
+    table.loc[table["model"] == "sasrec", "high"] += 0.3  # a wide band on a strong line
+    svg = curve_svg(table, "ndcg@10", ["stack"])
+    top = table.loc[table["model"] == "sasrec", "high"].max()
+    ticks = [float(t) for t in re.findall(r"text-anchor='end'>([-0-9.e]+)<", svg)]
+    assert max(ticks) >= top - 0.1 and "clip-path" in svg

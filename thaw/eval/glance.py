@@ -122,8 +122,8 @@ def curve_svg(table: pd.DataFrame, metric: str, stacks: Sequence[str], ident: st
     highs = rows.pivot_table(index="model", columns="K", values="high", sort=False)
     chosen = highlight(table, metric, stacks)
     ks = list(wide.columns)
-    strong_values = [wide.loc[chosen.strong].to_numpy().ravel(), wide.to_numpy().ravel()]
-    values = np.concatenate(strong_values)
+    bands = [frame.reindex(chosen.strong).to_numpy().ravel() for frame in (lows, highs)]
+    values = np.concatenate([wide.to_numpy().ravel(), *bands])  # the strong lines' bands fit too
     values = values[np.isfinite(values)]
     if not len(values):
         return "<p>(no finite values for the curve)</p>"
@@ -139,7 +139,9 @@ def curve_svg(table: pd.DataFrame, metric: str, stacks: Sequence[str], ident: st
         return TOP + plot_h * (1 - (v - low) / (high - low))
 
     parts = [f"<svg id='{ident}' class='curve' viewBox='0 0 {WIDTH} {HEIGHT}' width='{WIDTH}' "
-             f"height='{HEIGHT}' role='img' aria-label='{html.escape(metric)} by K'>"]
+             f"height='{HEIGHT}' role='img' aria-label='{html.escape(metric)} by K'>"
+             f"<clipPath id='{ident}-plot'><rect x='{LEFT - 4}' y='{TOP}' width='{plot_w + 8}' "
+             f"height='{plot_h}'/></clipPath>"]
     for tick in _ticks(low, high):
         parts.append(f"<line class='grid' x1='{LEFT}' x2='{LEFT + plot_w}' y1='{y(tick):.1f}' "
                      f"y2='{y(tick):.1f}'/><text class='tick' x='{LEFT - 6}' y='{y(tick) + 4:.1f}' "
@@ -170,7 +172,7 @@ def curve_svg(table: pd.DataFrame, metric: str, stacks: Sequence[str], ident: st
             lower = [(x(i), y(v)) for i, v in enumerate(lows.loc[model]) if np.isfinite(v)]
             if len(upper) == len(lower) == len(points) and len(points) > 1:
                 ring = upper + lower[::-1]
-                band = "<polygon class='band' points='" + " ".join(f"{px:.1f},{py:.1f}" for px, py in ring) + "'/>"
+                band = f"<polygon class='band' clip-path='url(#{ident}-plot)' points='" + " ".join(f"{px:.1f},{py:.1f}" for px, py in ring) + "'/>"
         dots = "".join(f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3'/>" for px, py in points)
         why = chosen.reasons.get(model, "")
         tip = html.escape(f"{model}{f' ({why})' if why else ''}: " + ", ".join(
@@ -201,8 +203,9 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
         if span / (step * factor) <= count:
             step *= factor
             break
-    first = np.ceil(low / step) * step
-    return [float(v) for v in np.arange(first, high + step * 1e-9, step)]
+    first = np.ceil(low / step)
+    last = np.floor(high / step + 1e-9)
+    return [float(n * step) + 0.0 for n in np.arange(first, last + 1)]  # + 0.0: no "-0" tick
 
 
 def _spread(labels: list[list], top: float, bottom: float, gap: float = 13.0) -> list[tuple[float, str]]:
