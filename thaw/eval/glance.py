@@ -172,7 +172,8 @@ def curve_svg(table: pd.DataFrame, metric: str, stacks: Sequence[str], ident: st
             lower = [(x(i), y(v)) for i, v in enumerate(lows.loc[model]) if np.isfinite(v)]
             if len(upper) == len(lower) == len(points) and len(points) > 1:
                 ring = upper + lower[::-1]
-                band = f"<polygon class='band' clip-path='url(#{ident}-plot)' points='" + " ".join(f"{px:.1f},{py:.1f}" for px, py in ring) + "'/>"
+                corners = " ".join(f"{px:.1f},{py:.1f}" for px, py in ring)
+                band = f"<polygon class='band' clip-path='url(#{ident}-plot)' points='{corners}'/>"
         dots = "".join(f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3'/>" for px, py in points)
         why = chosen.reasons.get(model, "")
         tip = html.escape(f"{model}{f' ({why})' if why else ''}: " + ", ".join(
