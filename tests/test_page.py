@@ -179,11 +179,12 @@ def browser(tmp_path):
 
 
 def test_a_new_user_rates_three_items_and_sees_the_list_and_route_move(server, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     url, statuses = server
-    wait = WebDriverWait(browser, 10)
+    wait = WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))  # lists re-render
     shots = os.environ.get("THAW_PAGE_SCREENSHOTS")
 
     def step_done(n):
