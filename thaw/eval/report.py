@@ -5,7 +5,6 @@ Every result file records the seed, the versions and the command that produced i
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
 import json
@@ -25,11 +24,10 @@ import pandas as pd
 from thaw import __version__
 from thaw.errors import ThawError
 from thaw.eval.episodes import METRICS
+from thaw.eval.glance import BASELINES, HEADLINE, glance_html, heat_colour, highlight
 from thaw.eval.metrics import LOWER_IS_BETTER
 from thaw.eval.protocol import EvalResult
 
-BASELINES = ("random", "pop")
-HEADLINE = {"next-item": "ndcg@10", "rating": "mae"}
 RESULTS_JSON = "results.json"
 RESULT_FILES = frozenset({"results.csv", "results_by_item.csv", "per_user.csv", "comparisons.csv",
                           RESULTS_JSON, "cold_to_warm.png", "report.html"})
@@ -138,40 +136,53 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
 
 
 def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
-    """One panel per metric: value against K with the bootstrap 95% band, one line per model.
-    Splits after the first get their headline metric only, plus the item-side curve (against
-    the target item's training interactions N) where there is one."""
+    """One panel per metric: value against K, one line per model. Splits after the first get
+    their headline metric only, plus the item-side curve (against the target item's training
+    interactions N) where there is one. Only a few lines per panel are drawn strong, with their
+    bootstrap 95% band: the stack, the best member at each K, the best of each main family and
+    random (``thaw.eval.glance.highlight``); the others are thin and grey, out of the legend."""
     panels = []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from thaw.eval.glance import PALETTE
+
     for i, r in enumerate(results):
         metrics = METRICS[r.meta["protocol"]] if i < 2 else (HEADLINE[r.meta["protocol"]],)
         panels += [(r, m, "K") for m in metrics if m in set(r.table["metric"])]
         if len(r.item_table):
             panels.append((r, "ndcg@10", "N"))
+    stacks = list(dict.fromkeys(n for r in results for n in r.meta.get("stacks", {})))
+    strong_of = []
+    for result, metric, axis in panels:
+        source = result.table if axis == "K" else result.item_table.rename(columns={"N": "K"})
+        strong_of.append(highlight(source, metric, stacks).strong)
+    named = list(dict.fromkeys(m for strong in strong_of for m in strong))
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(n for n in named if n not in stacks)}
+    colour |= {n: "black" for n in stacks} | ({"random": "#777777"} if "random" in colour else {})
     cols = min(4, max(1, len(panels)))
     rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-    names = list(dict.fromkeys(m for r in results for m in r.table["model"]))
-    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
-    stacks = {n for r in results for n in r.meta.get("stacks", {})}
-    colour |= {n: "black" for n in stacks}
-    for ax, (result, metric, axis) in zip(axes.flat, panels, strict=False):  # the grid may have spare axes
+    width = max(4.2 * cols, 8.0)
+    ncol = min(len(named) + 1, int(width / 1.35))
+    legend_h = 0.3 * int(np.ceil((len(named) + 1) / ncol)) + 0.25  # the legend's strip, below the panels
+    height = 3.3 * rows + legend_h + 0.4
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    for ax, (result, metric, axis), strong in zip(axes.flat, panels, strong_of, strict=False):
         source = result.table if axis == "K" else result.item_table.rename(columns={"N": "K"})
         table = source[source["metric"] == metric]
         for model, group in table.groupby("model", sort=False):
             group = group.sort_values("K")
-            style = "--" if model in BASELINES else "-"
+            if model not in strong:
+                ax.plot(group["K"], group["value"], "-", color="#cccccc", lw=0.8, zorder=1)
+                continue
             envelope = model in stacks  # the stack is drawn on top of its members
-            ax.plot(group["K"], group["value"], style, marker="o", ms=4 if envelope else 3,
-                    label=model, color="black" if envelope else colour[model],
-                    lw=2.6 if envelope else 1.2, zorder=5 if envelope else 2)
-            ax.fill_between(group["K"], group["low"], group["high"], alpha=0.15,
-                            color=colour[model])
+            ax.plot(group["K"], group["value"], "--" if model in BASELINES else "-", marker="o",
+                    ms=4 if envelope else 3, color=colour[model], lw=2.6 if envelope else 1.6,
+                    zorder=5 if envelope else 3)
+            ax.fill_between(group["K"], group["low"], group["high"], alpha=0.12, color=colour[model],
+                            zorder=2)
         ax.set_title(f"{result.meta.get('split_kind', '')} {result.meta['protocol']}: {metric}",
                      fontsize=10)
         ax.set_xlabel("K (support interactions)" if axis == "K" else
@@ -181,12 +192,14 @@ def plot_cold_to_warm(results: Sequence[EvalResult], path: Path) -> Path:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=colour[n], ls="--" if n in BASELINES else "-", marker="o",
-                          ms=3, lw=2.6 if n in stacks else 1.2) for n in names]
-    fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), frameon=False)
-    fig.suptitle("Cold-to-warm curve: held-out users, metric by number of support interactions")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+                          ms=3, lw=2.6 if n in stacks else 1.6) for n in named]
+    handles.append(plt.Line2D([], [], color="#cccccc", lw=0.8))
+    fig.legend(handles, [*named, "other models"], loc="lower center", ncol=ncol, frameon=False, fontsize=9)
+    fig.suptitle("Cold-to-warm curves: held-out users, metric by number of support interactions",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.35 / height))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -327,21 +340,23 @@ def _signals_held() -> Iterator[None]:
 
 
 def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any], title: str) -> str:
-    """A self-contained page: tables with the best model in bold, significance marks, the plot."""
-    image = base64.b64encode(plot.read_bytes()).decode()
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    """A self-contained page that opens with the results at a glance (``thaw.eval.glance``:
+    the cold-to-warm curve, a verdict per K, the stack's routing, a heat map), then every table
+    (collapsed; best model in bold, significance marks, cells shaded per column). The PNG of
+    the curves is linked, not embedded, which keeps the page small."""
+    from thaw.eval.glance import CSS, SCRIPT
+
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<meta name='viewport' content='width=device-width'><style>"
+             "body{font-family:sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}th{background:#f3f3f3}td.m{text-align:left}"
              ".base{color:#777}.warn{background:#fff3cd;padding:0.5em 1em;border:1px solid #e0c060}"
-             "</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             "details{margin:0.5em 0}summary{cursor:pointer;font-weight:600;font-size:1.1em}"
+             f"{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              "<p>Held-out users only; the first K interactions are the support. Values are means "
-             "over users with bootstrap 95% intervals. <b>Bold</b> marks the best model at each K; "
-             "<sup>*</sup> marks a lead over every other model that is significant "
-             "(paired Wilcoxon signed-rank over the same users, Holm-corrected p &lt; 0.05 within "
-             "each K and metric; comparisons.csv has every pair). Random and pop "
-             "(grey) are sanity baselines.</p>"]
-    for result in results:
+             "over users with bootstrap 95% intervals; random and pop are sanity baselines.</p>"]
+    for i, result in enumerate(results):
         parts.append(f"<h2>{html.escape(result.meta.get('split_kind', ''))} split, "
                      f"{html.escape(result.meta['protocol'])}</h2><p>"
                      f"{html.escape(result.meta.get('split', ''))}; "
@@ -349,6 +364,11 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
                      f"{html.escape(str(result.meta.get('candidates')))}</p>")
         for note in result.warnings:
             parts.append(f"<p class='warn'>warning: {html.escape(note)}</p>")
+        parts.append(glance_html(result, f"curve{i}"))
+        parts.append("<details><summary>Every table</summary><p><b>Bold</b> marks the best model "
+                     "at each K; <sup>*</sup> marks a lead over every other model that is significant "
+                     "(paired Wilcoxon signed-rank over the same users, Holm-corrected p &lt; 0.05 "
+                     "within each K and metric; comparisons.csv has every pair).</p>")
         for metric in METRICS[result.meta["protocol"]]:
             if metric not in set(result.table["metric"]):
                 continue
@@ -362,41 +382,48 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
             parts.append(f"<h3>{html.escape(name)}: learned routing table</h3><pre>"
                          f"{html.escape(stack_summary(result, name))}</pre>")
         parts.append("<h3>Time</h3>" + result.timings.to_html(index=False, float_format="%.2f"))
-    parts.append(f"<h2>Cold-to-warm curve</h2><img style='max-width:100%' "
-                 f"src='data:image/png;base64,{image}'>")
-    parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(prov, indent=2)) + "</pre>")
+        parts.append("</details>")
+    parts.append(f"<details><summary>Every metric's curve (PNG)</summary><p><a href='{plot.name}'>"
+                 f"<img style='max-width:100%' alt='cold-to-warm curves' src='{plot.name}'></a></p></details>")
+    parts.append("<details><summary>Provenance</summary><pre>" + html.escape(json.dumps(prov, indent=2))
+                 + f"</pre></details><script>{SCRIPT}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def _metric_table(result: EvalResult, metric: str) -> str:
+    """One metric's table: models by K, each cell the mean and its interval, shaded from the
+    column's worst (white) to its best (blue); the best in bold, starred when significant."""
     table = result.table[result.table["metric"] == metric]
     ks = sorted(table["K"].unique())
     comp = result.comparisons
     lower = metric in LOWER_IS_BETTER
+    order = list(dict.fromkeys(table["model"]))
+    wide = {c: table.pivot(index="model", columns="K", values=c).reindex(order) for c in ("value", "low", "high")}
     rows = [f"<h3>{html.escape(metric)} ({'lower' if lower else 'higher'} is better)</h3><table>"
             "<tr><th>model</th>" + "".join(f"<th>K={k}</th>" for k in ks) + "</tr>"]
     best, starred = {}, set()
     for k in ks:
-        values = table[table["K"] == k].dropna(subset=["value"]).set_index("model")["value"]
+        values = wide["value"][k].dropna() if k in wide["value"] else pd.Series(dtype=float)
         if len(values) < 2:
             continue
         best[k] = values.idxmin() if lower else values.idxmax()
         if _leads_significantly(comp, k, metric, best[k], set(values.index)):
             starred.add(k)
-    for model in dict.fromkeys(table["model"]):
+    extremes = {k: (wide["value"][k].min(), wide["value"][k].max()) for k in ks if k in wide["value"]}
+    for model in order:
         cells = []
         for k in ks:
-            row = table[(table["model"] == model) & (table["K"] == k)]
-            if row.empty or np.isnan(row["value"].iloc[0]):
+            value = wide["value"].at[model, k] if k in wide["value"] else np.nan
+            if np.isnan(value):
                 cells.append("<td>n/a</td>")
                 continue
-            value, low, high = row[["value", "low", "high"]].iloc[0]
+            low, high = wide["low"].at[model, k], wide["high"].at[model, k]
             text = f"{value:.4f} <small>[{low:.3f}, {high:.3f}]</small>"
             if best.get(k) == model:
                 text = f"<b>{value:.4f}</b>" + ("<sup>*</sup>" if k in starred else "") + \
                     f" <small>[{low:.3f}, {high:.3f}]</small>"
-            cells.append(f"<td>{text}</td>")
+            cells.append(f"<td style='background:{heat_colour(value, *extremes[k], lower)}'>{text}</td>")
         cls = " base" if model in BASELINES else ""
         rows.append(f"<tr><td class='m{cls}'>{html.escape(model)}</td>{''.join(cells)}</tr>")
     rows.append("</table>")
@@ -409,9 +436,7 @@ def _leads_significantly(comp: pd.DataFrame, k: int, metric: str, best: str, mod
     if not len(comp):
         return False
     c = comp[(comp["K"] == k) & (comp["metric"] == metric)]
-    for other in models - {best}:
-        pair = c[((c["model_a"] == best) & (c["model_b"] == other))
-                 | ((c["model_a"] == other) & (c["model_b"] == best))]
-        if pair.empty or not (pair["better"].iloc[0] == best and bool(pair["significant"].iloc[0])):
-            return False
-    return True
+    mine = c[(c["model_a"] == best) | (c["model_b"] == best)]
+    won = {b if a == best else a: better == best and bool(significant) for a, b, better, significant in
+           zip(mine["model_a"], mine["model_b"], mine["better"], mine["significant"], strict=True)}
+    return all(won.get(other, False) for other in models - {best})

@@ -238,10 +238,11 @@ class CSVResponse(PlainTextResponse):
     media_type = "text/csv"
 
 
-def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
+def create_app(service: Service | Live, auth: Auth | None = None, results: str | None = None) -> FastAPI:
     """The API over one service (a loaded model and its store), with bearer tokens when
     ``auth`` has any. Each request takes the service that is current when it starts, so a
-    reload never drops one in flight."""
+    reload never drops one in flight. The pages (thaw.serve.page) come with it: "be a new
+    user" at /, and the report of the ``results`` folder at /report."""
     auth = auth or Auth({})
     live = service if isinstance(service, Live) else Live(service)
     metrics = live.current.metrics
@@ -367,6 +368,9 @@ def create_app(service: Service | Live, auth: Auth | None = None) -> FastAPI:
             StoredEvent(event_id=e["event_id"], item=e["item_id"], rating=e["rating"], kind=e["kind"],
                         ts=e["ts"], stored_at=e["stored_at"]) for e in events])
 
+    from thaw.serve.page import add_pages
+
+    add_pages(app, live, read, results)
     wrapped: Any = Timing(app, metrics)
     return BodyLimit(wrapped, MAX_BODY)  # type: ignore[return-value]
 
@@ -404,4 +408,5 @@ def from_env() -> Any:
     live = Live(service)
     if hasattr(signal, "SIGHUP"):  # SIGHUP: reload the model folder, off the signal handler's thread
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=live.reload, daemon=True).start())
-    return create_app(live, Auth(load_tokens(os.environ.get("THAW_SERVE_TOKENS_FILE") or None)))
+    return create_app(live, Auth(load_tokens(os.environ.get("THAW_SERVE_TOKENS_FILE") or None)),
+                      results=os.environ.get("THAW_SERVE_RESULTS") or None)

@@ -22,6 +22,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (each loads the model; they share the store).")] = 1,
     cache: Annotated[int, typer.Option(help="Users whose scored catalogue each worker keeps (LRU).")] = 4096,
     tokens: Annotated[Path | None, typer.Option(help="Bearer tokens file (TOKEN=read,write per line), added to THAW_API_TOKENS.")] = None,
+    results: Annotated[Path | None, typer.Option(help="A results folder of `thaw run`/`thaw evaluate`, served at /report (default: a report.html in MODEL_DIR).")] = None,
 ) -> None:
     """Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."""
     import uvicorn
@@ -40,6 +41,8 @@ def serve(
             raise ThawError(f"no API tokens (THAW_API_TOKENS or --tokens): refusing to listen on {host}; "
                             "without tokens thaw serve listens on loopback only")
         typer.echo("no API tokens: the API is open, so it listens on loopback only")
+    if results is not None and not (results / "report.html").is_file():
+        raise ThawError(f"--results {results}: no report.html there (a folder written by thaw run or thaw evaluate)")
     _check_can_listen(host, port)
     store = Store(db)  # checks the URL; nothing is created before the model has loaded
     service = Service(model_dir, store, cache_size=0)
@@ -50,7 +53,8 @@ def serve(
     store.close()
     del service
     os.environ.update(THAW_SERVE_MODEL=str(model_dir), THAW_SERVE_DB=db, THAW_SERVE_CACHE=str(cache),
-                      THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens))
+                      THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens),
+                      THAW_SERVE_RESULTS="" if results is None else str(results))
     uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=10)
 
