@@ -7,8 +7,8 @@ evaluation treats a held-out user (``Context(user=None)`` with their history), s
 next event moves them along the stack's bands on their very next request.
 
 Items the model was not fitted with (a ``PUT /v1/items`` after the fit) are scored by the
-stack's content member, whose arrays are extended with the new items' vectors on arrival
-(``ContentExtension``); the other members abstain on them. Answers are cached per user in a
+stack's content member, which is given them on arrival (``ContentKNN.extend_items``); the
+other members abstain on them. Answers are cached per user in a
 bounded LRU, stamped with everything they depend on (the user's profile revision and last
 event, the catalogue revision), so an event posted through any worker invalidates them.
 """
@@ -24,12 +24,10 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from thaw.data.features import segment_key
 from thaw.data.schema import Dataset, Interactions
@@ -102,93 +100,29 @@ class LRU:
         return len(self.data)
 
 
-def item_documents_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """TF-IDF documents for items given as store rows (features: title, genres, year; text),
-    built by the same function as the catalogue's, with the free text after the title."""
-    from thaw.data.features import item_documents
-
-    frame = pd.DataFrame({
-        "title": [" ".join(x for x in (str(r["features"].get("title") or ""), r.get("text") or "") if x)
-                  for r in rows],
+def item_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Items given as store rows (features: title, genres, year; free text) as the feature
+    frame a model's ``extend_items`` takes."""
+    return pd.DataFrame({
+        "title": [str(r["features"].get("title") or "") for r in rows],
         "genres": [tuple(r["features"].get("genres") or ()) for r in rows],
         "year": [r["features"].get("year") for r in rows],
+        "text": [r.get("text") or "" for r in rows],
     })
-    return item_documents(SimpleNamespace(item_features=frame, n_items=len(rows)))  # type: ignore[arg-type]
 
 
 class ContentExtension:
-    """Lets a fitted content member score items added after its fit.
+    """Gives the content member the items added after its fit (``ContentKNN.extend_items``):
+    new items are numbered on after the model's own, in the catalogue's order; a new item
+    described again is re-described. ``check`` scores once to be sure it worked."""
 
-    Every per-item array of the member is kept as fitted and re-made with one more entry per
-    new item: the item's vector (TF-IDF with the vocabulary of the fit, rebuilt and checked
-    against the fitted vectors; or the MiniLM embedding), and what an item without training
-    interactions has elsewhere (no popularity, the global mean rating, no users). Found by
-    shape, so a member that gains an array keeps working; ``check`` scores once to be sure.
-    """
+    def __init__(self, content: Any, data: Dataset) -> None:
+        self.content, self.data = content, data
 
-    def __init__(self, content: Recommender, data: Dataset) -> None:
-        self.content = content
-        self.n_base = data.n_items
-        n = data.n_items
-        self.base = {a: v for a, v in vars(content).items()
-                     if (isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n and v.dtype.kind == "f")
-                     or (sp.issparse(v) and a != "vectors" and v.shape[1] == n)}
-        self.vectors = getattr(content, "vectors", None)
-        self.embed = self._embedder(content, data)
-        self.rows: dict[str, Any] = {}  # new item id -> its vector row
-
-    @staticmethod
-    def _embedder(content: Any, data: Dataset) -> Any:
-        from thaw.data.features import item_documents
-
-        vectors = getattr(content, "vectors", None)
-        if vectors is None:
-            return None
-        if getattr(content, "encoder", "tfidf") == "minilm":
-            from thaw.models.content import MINILM_NAME, EmbeddingCache, embed_items
-
-            def minilm(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-                texts = [" ".join(x for x in (str(r["features"].get("title") or ""), r.get("text") or "") if x)
-                         for r in rows]
-                return embed_items(texts, EmbeddingCache(MINILM_NAME, content.cache_dir))
-            return minilm
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        # The content member's own settings (thaw/models/content.py), checked below: a
-        # vectorizer that does not reproduce the fitted vectors embeds nothing.
-        vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w[\w']*\b", sublinear_tf=True, lowercase=True)
-        refit = vectorizer.fit_transform(item_documents(data)).tocsr()
-        if refit.shape != vectors.shape or abs(refit - vectors).max() > 1e-9:
-            return None
-        return lambda rows: vectorizer.transform(item_documents_of(rows)).tocsr()
-
-    def update(self, rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> None:
-        """Embed ``rows`` (new or changed new items) and re-make the member's arrays for the
-        new items in ``order`` (the catalogue's order after the model's own items)."""
-        if rows and self.embed is not None:
-            matrix = self.embed(rows)
-            for i, row in enumerate(rows):
-                self.rows[row["id"]] = matrix[i]
-        content, n_total = self.content, self.n_base + len(order)
-        for attr, value in self.base.items():
-            if sp.issparse(value):
-                grown = value.copy()
-                grown.resize((grown.shape[0], n_total))
-                setattr(content, attr, type(value)(grown))
-            else:
-                fill = float(getattr(content, "global_mean", 0.0)) if attr == "item_means" else 0.0
-                setattr(content, attr, np.concatenate([value, np.full(len(order), fill, dtype=value.dtype)]))
-        base = self.vectors
-        if base is not None and order:
-            if sp.issparse(base):
-                empty = sp.csr_matrix((1, base.shape[1]))
-                base = sp.vstack([base, *(self.rows.get(i, empty) for i in order)]).tocsr()
-            else:
-                empty = np.zeros(base.shape[1], dtype=base.dtype)
-                base = np.vstack([base, *(np.asarray(self.rows.get(i, empty)).ravel() for i in order)])
-        if content.fitted_on is not None:  # its indices now reach the new items too
-            content.fitted_on = (content.fitted_on[0], n_total)
-        content.vectors = base  # last: any index a request holds is valid in every array
+    def update(self, rows: Sequence[Mapping[str, Any]], index: Mapping[str, int]) -> None:
+        """Hand ``rows`` (new or changed new items) to the member, at their catalogue index."""
+        if rows:
+            self.content.extend_items(item_frame(rows), [index[r["id"]] for r in rows], data=self.data)
 
     def check(self, n_total: int) -> bool:
         """Whether the extended member scores every item of the catalogue, known or new."""
@@ -306,8 +240,12 @@ class Service:
                     self.index[row["id"]] = len(self.item_ids)
                     self.item_ids.append(row["id"])
             if self.extension is not None and new_rows:
-                self.extension.update(new_rows, self.item_ids[self.n_model_items:])
-                if not self.extension.check(len(self.item_ids)):
+                try:
+                    self.extension.update(new_rows, self.index)
+                    extended = self.extension.check(len(self.item_ids))
+                except ThawError:
+                    extended = False
+                if not extended:
                     warnings.warn(f"the content member '{self.content.name}' cannot score items added after "
                                   "its fit; new items are listed after every known one", stacklevel=2)
                     self.extension = self.content = None
