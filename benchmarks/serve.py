@@ -6,13 +6,13 @@ to the user's history). Timed twice: in process (the service without HTTP: the s
 plus the model) and over HTTP against `python -m thaw.serve` on 127.0.0.1 with one client on
 a keep-alive connection, then at K = 3 with 1, 8 and 32 concurrent clients. Then events/s:
 batches of 100 posted over HTTP, each acknowledged after its commit (SQLite WAL, synchronous
-FULL), and in process through the store on SQLite and, with --pg URL, PostgreSQL.
+FULL); benchmarks/serve_ingest.py times the store alone on SQLite and PostgreSQL.
 
 Uses the saved ML-100k stack given by --model (default models/stack, made by `make serve`)
 or, when there is none, fits a small stack on synthetic data. Loopback only; bounded by
 --requests and --events.
 
-    python benchmarks/serve.py [--model models/stack] [--requests 200] [--events 20000] [--pg URL]
+    python benchmarks/serve.py [--model models/stack] [--requests 200] [--events 20000]
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="fresh users per K")
     parser.add_argument("--events", type=int, default=20_000, help="events posted for the ingest rate")
     parser.add_argument("--clients", default="1,8,32", help="concurrent HTTP clients for the K = 3 run")
-    parser.add_argument("--pg", default=None, help="a PostgreSQL URL (postgresql+psycopg://...) to time ingest on too")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -203,23 +202,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    stores = [("SQLite WAL, synchronous FULL", f"sqlite:///{work / 'ingest.db'}")]
-    if args.pg:
-        stores.append(("PostgreSQL", args.pg))
-    print("\ningest in process (Store.add_events, no HTTP), batches of 100, one writer:")
-    for label, url in stores:
-        store = Store(url)
-        store.init()
-        items = service.item_ids[:service.n_model_items]
-        store.seed([], [(i, {}, "") for i in items])
-        n_batches = max(1, args.events // 100)
-        started = time.perf_counter()
-        for b in range(n_batches):
-            store.add_events([{"event_id": f"direct-{b}-{j}", "user": f"direct-{b % 500}",
-                               "item": items[j % len(items)], "kind": "click", "ts": b} for j in range(100)])
-        elapsed = time.perf_counter() - started
-        print(f"  {label}: {n_batches * 100 / elapsed:,.0f} events/s")
-        store.close()
 
 
 if __name__ == "__main__":

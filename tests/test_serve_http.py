@@ -5,18 +5,14 @@ installs it)."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from glob import glob
-from pathlib import Path
 
 import pytest
 
@@ -186,37 +182,15 @@ def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path,
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(versions[-1]).parent if versions else None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server on loopback (as the postgres user when we are root)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
+    """A throwaway PostgreSQL server on loopback (thaw.serve.devdb)."""
+    from thaw.serve.devdb import ThrowawayPostgres, pg_bin
+
+    if pg_bin() is None:
         pytest.skip("no PostgreSQL server installed (.ci/run installs Debian's postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="thaw-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "thaw", "-A", "trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://thaw@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with ThrowawayPostgres() as url:
+        yield url
 
 
 @pytest.fixture()
@@ -224,10 +198,11 @@ def pg_url(postgres):
     """The server with an empty thaw schema for each test."""
     from sqlalchemy import create_engine
 
+    from thaw.serve.store import metadata
+
     engine = create_engine(postgres)
     with engine.begin() as conn:
-        for table in ("thaw_events", "thaw_items", "thaw_users", "thaw_revisions", "thaw_schema_version"):
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        metadata.drop_all(conn)
     engine.dispose()
     return postgres
 
@@ -254,3 +229,36 @@ def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
     row, history, rev = store.snapshot("u")
     assert [e["event_id"] for e in history] == ["u-0", "u-1"] and rev == 2
     store.close()
+
+
+def test_two_stores_racing_on_postgresql_store_each_event_once(pg_url):
+    """Two processes' stores (replicas) post overlapping batches at once: every event_id is
+    stored once, reported stored by exactly one of them and a duplicate by the other, and
+    each new user is reported created once."""
+    stores = [Store(pg_url) for _ in range(2)]
+    stores[0].init()
+    stores[0].seed([], [(f"i{k}", {}, "") for k in range(30)])
+    batches = [[{"event_id": f"e{b}-{j}", "user": f"u{b % 7}", "item": f"i{(b + j) % 30}", "rating": None if j % 2
+                 else 4.0, "kind": "click", "ts": j} for j in range(25)] for b in range(40)]
+    results: list[list] = [[], []]
+
+    def post(k):
+        for batch in batches:
+            results[k].append(stores[k].add_events(batch))
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [e["event_id"] for e in stores[0].all_events()]
+    expected = [e["event_id"] for batch in batches for e in batch]
+    assert sorted(stored) == sorted(expected)
+    reported = [i for r in results for w in r for i in w.stored]
+    assert sorted(reported) == sorted(expected)
+    assert sorted(i for r in results for w in r for i in w.duplicates) == sorted(expected)
+    assert sorted(u for r in results for w in r for u in w.created_users) == [f"u{k}" for k in range(7)]
+    ratings = {e["event_id"]: e["rating"] for e in stores[1].all_events()}
+    assert ratings["e0-1"] is None and ratings["e0-0"] == 4.0
+    for store in stores:
+        store.close()
