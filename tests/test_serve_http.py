@@ -226,8 +226,8 @@ def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
         store.add_events(events("v", ["a", "b"])["events"])
     assert store.user("v") is None and store.count_events() == 2
     assert store.add_events(events("v", ["a", "b"])["events"], create_items=True).created_items == ["b"]
-    row, history, rev = store.snapshot("u")
-    assert [e["event_id"] for e in history] == ["u-0", "u-1"] and rev == 2
+    row, history, revs = store.snapshot("u")
+    assert [e["event_id"] for e in history] == ["u-0", "u-1"] and revs == {"catalogue": 2, "evidence": 0, "model": 0}
     store.close()
 
 

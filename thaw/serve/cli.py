@@ -45,6 +45,9 @@ def serve(
     service = Service(model_dir, store, cache_size=0)
     found = store.init()
     users, items = service.seed_store()
+    published = store.published_model()
+    if published is None or published["version"] != service.version:  # what every replica serves from now
+        store.publish_model(str(model_dir.resolve()), service.version)
     typer.echo(f"store {store.safe_url}: schema {'created' if found == 0 else 'ready'}; added {users} users "
                f"and {items} items of {service.data.name}; model {service.version}")
     store.close()

@@ -35,7 +35,7 @@ from thaw.errors import DataError, ThawError
 from thaw.models.base import Context, Recommender
 from thaw.serve.exploration import PriorThompson
 from thaw.serve.metrics import Metrics
-from thaw.serve.store import EventsWritten, Store, UnknownItems
+from thaw.serve.store import EventsWritten, Store, UnknownItems, segment_of
 
 DEFAULT_CACHE = 4096
 # Exploration, as the overview recommends it: the first two slots, among the stack's top 20.
@@ -182,6 +182,9 @@ class Service:
                                     propensity_draws=EXPLORE_PROPENSITY_DRAWS)
         self.policy_lock = threading.Lock()
         self.explore_slots, self.explore_pool = EXPLORE_SLOTS, EXPLORE_POOL
+        self.evidence_rev = 0  # the store's evidence revision the policy holds
+        self.model_rev = 0  # the store's model revision this service is (or follows)
+        self.follow: Any = None  # called with a newer model revision (Live: reload aside)
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -314,8 +317,12 @@ class Service:
         """Top ``n`` for a stored user (or a user nobody has seen: K = 0, no profile); the
         answer comes from the cache when nothing it depends on has changed. With ``explore``
         the first slots are the exploration policy's (``explore_slots``)."""
-        row, events, rev = self.store.snapshot(user)
-        self.sync_catalogue(rev)
+        row, events, revs = self.store.snapshot(user)
+        self.sync_catalogue(revs["catalogue"])
+        if revs.get("model", 0) > self.model_rev and self.follow is not None:
+            self.follow(revs["model"])  # another replica published a model: load it aside
+        if explore:
+            self.sync_evidence(revs.get("evidence"))
         stamp = (None if row is None else row["rev"], max((e["seq"] for e in events), default=0),
                  self.catalogue_rev, self.version)
         hit = self.cache.get(user)
@@ -395,26 +402,35 @@ class Service:
         return Context(None, profile={} if row is None else row["profile"])
 
     def feedback(self, slate_id: str, item: str, reward: float) -> bool:
-        """The reward of an explored slot; the policy learns it once. False when already given."""
-        shown = self.store.add_feedback(slate_id, item, reward)
+        """The reward of an explored slot, added once to its arm's evidence in the store (which
+        every replica reads); False when already given."""
+        shown = self.store.add_feedback(slate_id, item, reward, segment=segment_key)
         if shown is None:
             return False
-        self.sync_catalogue()
-        with self.policy_lock:
-            self.policy.update(self._segment_context(shown["user_id"]), self.index[item], reward)
+        self.sync_evidence()
         self.metrics.count("thaw_feedback_total")
         return True
 
-    def restore_policy(self) -> int:
-        """Teach a fresh policy every reward stored so far (a restart keeps what it learned)."""
-        self.sync_catalogue()
-        rows = self.store.all_feedback()
+    def sync_evidence(self, rev: int | None = None) -> None:
+        """Take in the exploration evidence changed since the last look (any replica's
+        rewards, summed by the store)."""
+        if rev is not None and rev == self.evidence_rev:
+            return
         with self.policy_lock:
+            rows = self.store.evidence_since(self.evidence_rev)
+            if rows and any(r["item_id"] not in self.index for r in rows):
+                self.sync_catalogue()
             for r in rows:
                 if r["item_id"] in self.index:
-                    self.policy.update(self._segment_context(r["user_id"]), self.index[r["item_id"]],
-                                       r["reward"])
-        return len(rows)
+                    self.policy.set_evidence(segment_of(r["segment"]), self.index[r["item_id"]],
+                                             r["trials"], r["successes"])
+                self.evidence_rev = max(self.evidence_rev, int(r["rev"]))
+
+    def restore_policy(self) -> int:
+        """Give a fresh policy the evidence stored so far (a restart keeps what it learned);
+        returns the rewards it now counts."""
+        self.sync_evidence()
+        return self.policy.n_updates
 
     def top(self, answer: Answer, n: int, exclude_seen: bool) -> list[tuple[str, float]]:
         """The ``n`` best items, best first; ties go to the item listed first in the catalogue."""
@@ -477,13 +493,23 @@ class Service:
 
 class Live:
     """The service that requests use now; ``reload`` swaps in a new model between requests
-    (a request holds the service it started with, so none in flight is dropped)."""
+    (a request holds the service it started with, so none in flight is dropped).
+
+    Replicas (worker processes, machines) share the model through the store: a reload
+    publishes the model folder and version there, and every other replica, seeing the model
+    revision move on in a request's snapshot, loads that folder aside and swaps it in
+    (``follow``); the folder must be readable at the same path on every machine."""
 
     def __init__(self, service: Service) -> None:
         self.current = service
         self.lock = threading.Lock()
+        self.following = threading.Lock()
+        service.follow = self.follow
 
-    def reload(self, model_dir: str | Path | None = None) -> Service:
+    def reload(self, model_dir: str | Path | None = None, published: int | None = None) -> Service:
+        """Serve ``model_dir`` (default: the folder served, re-read) from the next request on,
+        and publish it for the other replicas; ``published``: the model revision another
+        replica published it as (nothing to publish)."""
         with self.lock:  # one reload at a time; requests go on meanwhile
             old = self.current
             new = Service(old.model_dir if model_dir is None else model_dir, old.store,
@@ -491,9 +517,43 @@ class Live:
             old.sync_catalogue()
             _check_same_catalogue(new, old)
             new.restore_policy()
+            new.model_rev = (old.store.publish_model(str(new.model_dir.resolve()), new.version)
+                             if published is None else published)
+            new.follow = self.follow
             self.current = new
             old.metrics.count("thaw_reloads_total")
             return new
+
+    def follow(self, rev: int) -> None:
+        """Load the model another replica published (``rev``) in a thread of its own; the
+        requests meanwhile are answered by the model they found."""
+        if not self.following.acquire(blocking=False):
+            return  # already loading one
+
+        def load() -> None:
+            try:
+                self.adopt()
+            finally:
+                self.following.release()
+        threading.Thread(target=load, daemon=True).start()
+
+    def adopt(self) -> Service:
+        """Serve the newest published model, unless it is the one served already; a folder
+        that cannot be loaded here is warned about and skipped."""
+        current = self.current
+        published = current.store.published_model()
+        if published is None or published["rev"] <= current.model_rev:
+            return current
+        if published["version"] == current.version:
+            current.model_rev = published["rev"]
+            return current
+        try:
+            return self.reload(published["model_dir"], published=published["rev"])
+        except (ThawError, OSError) as exc:
+            warnings.warn(f"the model another replica published ({published['model_dir']}) cannot be loaded "
+                          f"here: {exc}; still serving {current.version}", stacklevel=2)
+            current.model_rev = published["rev"]
+            return current
 
 
 def _check_same_catalogue(new: Service, old: Service) -> None:

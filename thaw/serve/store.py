@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from thaw.errors import ThawError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ID = 128
 CHUNK = 500  # rows per IN (...) list and per multi-row insert
 KNOWN_IDS = 1_000_000  # item and user ids a process remembers as stored
@@ -103,13 +103,65 @@ feedback = Table("thaw_feedback", metadata,
                  Column("stored_at", Float, nullable=False),
                  Index("thaw_feedback_once", "slate_id", "item_id", unique=True))
 
+# Schema 2: what replicas share besides users, items and events. The exploration evidence per
+# (segment, item) arm, summed over every replica's feedback; and the models served, one row
+# per publication (the newest is the one every replica serves).
+evidence = Table("thaw_evidence", metadata,
+                 Column("segment", String(256), primary_key=True),
+                 Column("item_id", String(MAX_ID), primary_key=True),
+                 Column("trials", Float, nullable=False),
+                 Column("successes", Float, nullable=False),
+                 Column("rev", BigInteger, nullable=False),
+                 Index("thaw_evidence_rev", "rev"))
+models = Table("thaw_models", metadata,
+               Column("rev", BigInteger, primary_key=True, autoincrement=False),
+               Column("model_dir", Text, nullable=False),
+               Column("version", String(256), nullable=False),
+               Column("published_at", Float, nullable=False))
+# thaw_revisions rows: each counts the changes of one shared thing, so a replica compares them
+# with what it last took in.
+REVISIONS = ("catalogue", "evidence", "model")
+
 # The reads on every recommendation, built once (SQLAlchemy caches their compiled SQL).
 _USER = select(users).where(users.c.id == bindparam("user"))
 _HISTORY = select(events).where(events.c.user_id == bindparam("user")).order_by(events.c.ts, events.c.seq)
 _CATALOGUE_REV = select(revisions.c.value).where(revisions.c.name == "catalogue")
+_REVISIONS = select(revisions.c.name, revisions.c.value)
 
-# version -> the step that upgrades a store from it to version + 1 (none yet: version 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def _evidence_from_feedback(conn: Connection) -> None:
+    """Schema 1 to 2: the evidence table summed from the rewards stored so far (the segment
+    of each reward's user, as the service counts it)."""
+    from thaw.data.features import segment_key
+
+    shown = feedback.join(exposures, (exposures.c.slate_id == feedback.c.slate_id)
+                          & (exposures.c.item_id == feedback.c.item_id))
+    profiles = shown.outerjoin(users, users.c.id == exposures.c.user_id)
+    totals: dict[tuple[str, str], list[float]] = {}
+    for row in conn.execute(select(feedback.c.item_id, feedback.c.reward, users.c.profile).select_from(profiles)):
+        arm = totals.setdefault((segment_text(segment_key(row.profile or {})), row.item_id), [0.0, 0.0])
+        arm[0] += 1.0
+        arm[1] += min(max(float(row.reward), 0.0), 1.0)
+    if totals:
+        conn.execute(evidence.insert(), [{"segment": seg, "item_id": item, "trials": t, "successes": w, "rev": 1}
+                                         for (seg, item), (t, w) in totals.items()])
+        conn.execute(update(revisions).where(revisions.c.name == "evidence").values(value=1))
+
+
+# version -> the step that upgrades a store from it to version + 1 (the tables a version adds
+# are created before the steps run).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _evidence_from_feedback}
+
+
+def segment_text(key: Hashable) -> str:
+    """An exploration segment (a tuple such as ("F", 25), or None) as stored."""
+    return json.dumps(None if key is None else list(key))
+
+
+def segment_of(text: str) -> Hashable:
+    """The segment key ``segment_text`` stored."""
+    value = json.loads(text)
+    return None if value is None else tuple(value)
 
 
 class UnknownItems(ThawError):
@@ -171,11 +223,11 @@ class Store:
             if self.dialect == "postgresql":  # one creator at a time when workers start together
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7231)")
             metadata.create_all(conn, checkfirst=True)
+            for name in REVISIONS:
+                conn.execute(self._insert(revisions).values(name=name, value=0).on_conflict_do_nothing())
             found = conn.execute(select(schema_version.c.version)).scalar()
             if found is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-                conn.execute(self._insert(revisions).values(name="catalogue", value=0)
-                             .on_conflict_do_nothing())
                 return 0
             if found > SCHEMA_VERSION:
                 raise ThawError(f"the store at {self.safe_url} has schema version {found}; this thaw "
@@ -329,10 +381,14 @@ class Store:
                  "candidates": list(cands), "policy": policy, "created_at": now}
                 for k, (item, p, cands) in enumerate(slots)])
 
-    def add_feedback(self, slate_id: str, item: str, reward: float) -> dict[str, Any] | None:
-        """Record the reward of an item shown in an explored slot, once per (slate, item).
-        Returns the exposure when the reward is new, None when it was already recorded; a
-        KeyError when the item was not shown in an explored slot of that slate."""
+    def add_feedback(self, slate_id: str, item: str, reward: float,
+                     segment: Callable[[Mapping[str, Any]], Hashable] = lambda _profile: None
+                     ) -> dict[str, Any] | None:
+        """Record the reward of an item shown in an explored slot, once per (slate, item), and
+        add it to the evidence of its arm (``segment`` of the user's profile, the item) in the
+        same transaction. Returns the exposure when the reward is new, None when it was
+        already recorded; a KeyError when the item was not shown in an explored slot of that
+        slate."""
         with self.writer.begin() as conn:
             shown = conn.execute(select(exposures).where(exposures.c.slate_id == slate_id,
                                                          exposures.c.item_id == item)).mappings().first()
@@ -341,7 +397,36 @@ class Store:
             result = conn.execute(self._insert(feedback).values(
                 slate_id=slate_id, item_id=item, reward=float(reward), stored_at=time.time())
                 .on_conflict_do_nothing(index_elements=[feedback.c.slate_id, feedback.c.item_id]))
-            return dict(shown) if result.rowcount else None
+            if not result.rowcount:
+                return None
+            profile = conn.execute(select(users.c.profile).where(users.c.id == shown["user_id"])).scalar()
+            rev, won = self._bump(conn, "evidence"), min(max(float(reward), 0.0), 1.0)
+            arm = {"segment": segment_text(segment(profile or {})), "item_id": item}
+            conn.execute(self._insert(evidence).values(**arm, trials=1.0, successes=won, rev=rev)
+                         .on_conflict_do_update(index_elements=[evidence.c.segment, evidence.c.item_id], set_={
+                             "trials": evidence.c.trials + 1.0, "successes": evidence.c.successes + won, "rev": rev}))
+            return dict(shown)
+
+    def evidence_since(self, rev: int) -> list[dict[str, Any]]:
+        """Exploration arms whose evidence changed after evidence revision ``rev`` (0: all)."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(evidence).where(evidence.c.rev > rev).order_by(evidence.c.rev))
+            return [dict(r) for r in rows.mappings()]
+
+    def publish_model(self, model_dir: str, version: str) -> int:
+        """Make ``model_dir`` (``version``) the model every replica serves; returns its
+        model revision."""
+        with self.writer.begin() as conn:
+            rev = self._bump(conn, "model")
+            conn.execute(models.insert().values(rev=rev, model_dir=model_dir, version=version,
+                                                published_at=time.time()))
+            return rev
+
+    def published_model(self) -> dict[str, Any] | None:
+        """The newest published model (rev, model_dir, version), or None."""
+        with self.reader.connect() as conn:
+            row = conn.execute(select(models).order_by(models.c.rev.desc()).limit(1)).mappings().first()
+        return None if row is None else dict(row)
 
     def bandit_log(self) -> list[dict[str, Any]]:
         """Every explored slot with its reward (0 when the client reported none), in the
@@ -362,8 +447,14 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def _bump_catalogue(self, conn: Connection) -> int:
-        conn.execute(update(revisions).where(revisions.c.name == "catalogue").values(value=revisions.c.value + 1))
-        return int(conn.execute(select(revisions.c.value).where(revisions.c.name == "catalogue")).scalar_one())
+        return self._bump(conn, "catalogue")
+
+    @staticmethod
+    def _bump(conn: Connection, name: str) -> int:
+        """Move revision ``name`` on by one; the row stays locked until the commit, so
+        revisions commit in the order they were taken."""
+        conn.execute(update(revisions).where(revisions.c.name == name).values(value=revisions.c.value + 1))
+        return int(conn.execute(select(revisions.c.value).where(revisions.c.name == name)).scalar_one())
 
     @staticmethod
     def _existing(conn: Connection, column: Column, values: Sequence[str]) -> set[str]:
@@ -384,14 +475,14 @@ class Store:
             row = conn.execute(select(items).where(items.c.id == item)).mappings().first()
         return None if row is None else dict(row)
 
-    def snapshot(self, user: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+    def snapshot(self, user: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, int]]:
         """One consistent read of a user's row, every event of theirs (in the order they
-        happened: ts, then the order stored) and the catalogue revision."""
+        happened: ts, then the order stored) and the revisions (catalogue, evidence, model)."""
         with self.reader.begin() as conn:
             row = conn.execute(_USER, {"user": user}).mappings().first()
             history = conn.execute(_HISTORY, {"user": user}).mappings().all()
-            rev = conn.execute(_CATALOGUE_REV).scalar_one()
-        return (None if row is None else dict(row)), [dict(r) for r in history], int(rev)
+            revs = {name: int(value) for name, value in conn.execute(_REVISIONS)}
+        return (None if row is None else dict(row)), [dict(r) for r in history], revs
 
     def history(self, user: str) -> list[dict[str, Any]]:
         return self.snapshot(user)[1]
