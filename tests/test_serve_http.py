@@ -83,64 +83,76 @@ def server_log(tmp_path):
         yield log
 
 
+class Writers:
+    """Threads that post batches of BATCH events, writer w to ``ports[w % len(ports)]``, until
+    stopped or a call goes unanswered; each batch lands in ``acked`` (200) or ``unacked``."""
+
+    def __init__(self, ports, n=WRITERS):
+        self.ports, self.stop_flag, self.lock = ports, threading.Event(), threading.Lock()
+        self.acked, self.unacked, self.refused = [], [], []
+        self.threads = [threading.Thread(target=self.write, args=(w,)) for w in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def write(self, w):
+        n = 0
+        while not self.stop_flag.is_set():
+            batch = [{"event_id": f"w{w}-{n + k}", "user": f"writer{w}", "item": f"i{(n + k) % 60}",
+                      "kind": "click", "ts": n + k} for k in range(BATCH)]
+            n += BATCH
+            try:
+                status, _ = call(self.ports[w % len(self.ports)], "POST", "/v1/events", {"events": batch}, timeout=10)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                status = None
+            with self.lock:
+                (self.acked if status == 200 else self.unacked).append(batch)
+                if status not in (200, None):
+                    self.refused.append(status)
+            if status is None:
+                return
+
+    def wait_for(self, batches, timeout=60):
+        """Until ``batches`` batches are acknowledged (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.acked) < batches:
+            time.sleep(0.01)
+
+    def stop(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        assert not self.refused, f"the server refused batches: {self.refused[:5]}"
+
+    def check_stored(self, db, retry_port):
+        """Every acknowledged event stored once; the unacknowledged batches and an
+        acknowledged one posted again (as a client retries) through ``retry_port`` land once."""
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        assert len(stored) == len(set(stored))
+        missing = {e["event_id"] for batch in self.acked for e in batch} - set(stored)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+        for batch in [*self.unacked, self.acked[0]]:
+            assert call(retry_port, "POST", "/v1/events", {"events": batch})[0] == 200
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        expected = {e["event_id"] for batch in [*self.acked, *self.unacked] for e in batch}
+        assert len(stored) == len(set(stored)) and set(stored) == expected
+        return expected
+
+
 def check_durability(model_dir, db, log):
     """Writers post batches while the server is killed with SIGKILL; after a restart every
     acknowledged event is stored exactly once, and retrying the unacknowledged ones (as a
     client would) stores each of them once too."""
     server = Server(model_dir, db, log).start()
-    acked, unacked, refused, lock = [], [], [], threading.Lock()
-    stop = threading.Event()
-
-    def writer(w):
-        n = 0
-        while not stop.is_set():
-            batch = [{"event_id": f"w{w}-{n + k}", "user": f"writer{w}", "item": f"i{(n + k) % 60}",
-                      "kind": "click", "ts": n + k} for k in range(BATCH)]
-            ids = [e["event_id"] for e in batch]
-            n += BATCH
-            try:
-                status, _ = call(server.port, "POST", "/v1/events", {"events": batch}, timeout=10)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                status = None
-            with lock:
-                (acked if status == 200 else unacked).append(ids)
-                if status not in (200, None):
-                    refused.append(status)
-            if status is None:
-                return
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if len(acked) >= 10:
-                break
-        time.sleep(0.01)
+    writers = Writers([server.port])
+    writers.wait_for(10)
     server.kill()  # mid-stream: writers are still posting
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(acked) >= 10, "the writers got too few acknowledgements before the kill"
-    assert not refused, f"the server refused batches: {refused[:5]}"
-    print(f"acknowledged batches {len(acked)}, in flight at the kill {len(unacked)}")
+    writers.stop()
+    assert len(writers.acked) >= 10, "the writers got too few acknowledgements before the kill"
+    print(f"acknowledged batches {len(writers.acked)}, in flight at the kill {len(writers.unacked)}")
 
     server = Server(model_dir, db, log).start()
     try:
-        stored = [e["event_id"] for e in Store(db).all_events()]
-        assert len(stored) == len(set(stored))
-        missing = {i for batch in acked for i in batch} - set(stored)
-        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
-        # a client retries what it did not get an answer for, and an acknowledged batch again
-        for ids in [*unacked, acked[0]]:
-            w = ids[0].split("-")[0][1:]
-            batch = [{"event_id": i, "user": f"writer{w}", "item": f"i{int(i.split('-')[1]) % 60}", "kind": "click",
-                      "ts": int(i.split("-")[1])} for i in ids]
-            assert call(server.port, "POST", "/v1/events", {"events": batch})[0] == 200
-        stored = [e["event_id"] for e in Store(db).all_events()]
-        expected = {i for batch in [*acked, *unacked] for i in batch}
-        assert len(stored) == len(set(stored)) and set(stored) == expected
+        expected = writers.check_stored(db, server.port)
         status, history = call(server.port, "GET", "/v1/users/writer0/history")
         assert status == 200 and len(history["events"]) == len({i for i in expected if i.startswith("w0-")})
     finally:
