@@ -22,6 +22,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (each loads the model; they share the store).")] = 1,
     cache: Annotated[int, typer.Option(help="Users whose scored catalogue each worker keeps (LRU).")] = 4096,
     tokens: Annotated[Path | None, typer.Option(help="Bearer tokens file (TOKEN=read,write per line), added to THAW_API_TOKENS.")] = None,
+    loop: Annotated[str, typer.Option(help="uvicorn's event loop: auto (uvloop when installed), asyncio or uvloop.")] = "auto",
+    http: Annotated[str, typer.Option(help="uvicorn's HTTP parser: auto (httptools when installed), h11 or httptools.")] = "auto",
 ) -> None:
     """Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."""
     import uvicorn
@@ -55,7 +57,7 @@ def serve(
     os.environ.update(THAW_SERVE_MODEL=str(model_dir), THAW_SERVE_DB=db, THAW_SERVE_CACHE=str(cache),
                       THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens))
     uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10, loop=loop, http=http)
 
 
 def _check_can_listen(host: str, port: int) -> None:
