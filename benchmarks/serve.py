@@ -53,6 +53,33 @@ def fit_synthetic(folder: Path) -> Path:
     return stack.save(folder)
 
 
+def open_service(model_arg: Path, name: str) -> tuple:
+    """One thread; the saved model at ``model_arg`` (or a small synthetic stack) served from a
+    fresh SQLite store in a temporary folder: (service, store, model folder, store URL)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from thaw.serve.service import Service
+    from thaw.serve.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix=f"thaw-serve-{name}-"))
+    model = model_arg if (model_arg / "model.json").is_file() else None
+    if model is None:
+        print(f"no saved model at {model_arg}: fitting a small stack on synthetic data")
+        model = fit_synthetic(work / "stack")
+    db = f"sqlite:///{work / f'{name}.db'}"
+    store = Store(db)
+    store.init()
+    service = Service(model, store, cache_size=0)
+    service.seed_store()
+    print(f"model {model} ({service.version}, {service.n_model_items} items); store {db}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, one thread per process")
+    return service, store, model, db
+
+
 def percentiles(seconds: list[float]) -> str:
     ms = np.asarray(seconds) * 1000
     return f"p50 {np.percentile(ms, 50):7.2f}  p95 {np.percentile(ms, 95):7.2f}  p99 {np.percentile(ms, 99):7.2f} ms"
@@ -103,27 +130,7 @@ def main() -> None:
     parser.add_argument("--server-args", default="", help="more options for thaw serve, e.g. '--loop asyncio'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
-    from thaw.serve.service import Service
-    from thaw.serve.store import Store
-
-    work = Path(tempfile.mkdtemp(prefix="thaw-serve-bench-"))
-    model = args.model if (args.model / "model.json").is_file() else None
-    if model is None:
-        print(f"no saved model at {args.model}: fitting a small stack on synthetic data")
-        model = fit_synthetic(work / "stack")
-    db = f"sqlite:///{work / 'bench.db'}"
-    store = Store(db)
-    store.init()
-    service = Service(model, store, cache_size=0)
-    service.seed_store()
-    print(f"model {model} ({service.version}, {service.n_model_items} items); store {db}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, one thread per process")
+    service, store, model, db = open_service(args.model, "bench")
     rng = np.random.default_rng(args.seed)
 
     print(f"\nin process (no HTTP), top 10 for a fresh user, {args.requests} users per K")

@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
-import platform
 import pstats
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import fit_synthetic, history_batches, percentiles  # noqa: E402 - the latency benchmark's helpers
+from serve import history_batches, open_service, percentiles  # noqa: E402 - the latency benchmark's helpers
 
 
 def main() -> None:
@@ -36,26 +33,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30, help="functions listed")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
     from thaw.models.base import Context
-    from thaw.serve.service import Service
-    from thaw.serve.store import Store
 
-    work = Path(tempfile.mkdtemp(prefix="thaw-serve-profile-"))
-    model = args.model if (args.model / "model.json").is_file() else None
-    if model is None:
-        print(f"no saved model at {args.model}: fitting a small stack on synthetic data")
-        model = fit_synthetic(work / "stack")
-    store = Store(f"sqlite:///{work / 'profile.db'}")
-    store.init()
-    service = Service(model, store, cache_size=0)
-    service.seed_store()
-    print(f"model {model} ({service.version}, {service.n_model_items} items)")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, one thread")
+    service, store, _, _ = open_service(args.model, "profile")
     rng = np.random.default_rng(args.seed)
     warm = history_batches(service, args.k, 20, "warm", rng)
     batches = history_batches(service, args.k, args.requests, "prof", rng)
@@ -77,7 +57,8 @@ def main() -> None:
 
     members = getattr(service.model, "members", {})
     if members:
-        needed = service.model.needed("next-item", Context(None, service._history(users[0], store.history(users[0]))[0]))
+        first = Context(None, service._history(users[0], store.history(users[0]))[0])
+        needed = service.model.needed("next-item", first)
         print(f"members the stack asks at K = {args.k}: {', '.join(needed)}")
         items = np.arange(service.n_model_items)
         for name in needed:
