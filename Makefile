@@ -72,8 +72,8 @@ bench: setup peers $(VENV)/.load
 	$(PY) benchmarks/coldwarm.py --dataset ml-1m --models random,pop,mf,sasrec,melu
 	$(PY) benchmarks/retrieval.py
 	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
-	$(PY) benchmarks/serve_profile.py --model $(MODEL)
-	$(PY) benchmarks/serve.py --model $(MODEL)
+	$(PY) benchmarks/serve_profile.py --model $(MODEL) --requests 100
+	$(PY) benchmarks/serve.py --model $(MODEL) --requests 100
 	$(PY) benchmarks/serve_ingest.py
 	$(PY) benchmarks/load/run.py --model $(MODEL) --time 60s --users 32 --workers 2
 	$(PY) benchmarks/serve_exploration.py --horizon 30000 --seeds 5
