@@ -38,9 +38,14 @@ $(VENV)/.peers: $(VENV)/.installed
 
 peers: $(VENV)/.peers
 
+# The extra `load` (Locust) for benchmarks/load/run.py; no test needs it.
+$(VENV)/.load: $(VENV)/.installed
+	$(PIP) install -e ".[load]"
+	touch $@
+
 # Every figure of BENCHMARKS.md, section by section, printed to the terminal (several hours
 # on a 2-core machine; BENCHMARKS.md has the breakdown). Result files go under results/.
-bench: setup peers
+bench: setup peers $(VENV)/.load
 	$(VENV)/bin/thaw run --out results --no-progress
 	$(PY) benchmarks/main_job_tables.py results
 	$(PY) benchmarks/stack_headroom.py results
@@ -67,7 +72,10 @@ bench: setup peers
 	$(PY) benchmarks/coldwarm.py --dataset ml-1m --models random,pop,mf,sasrec,melu
 	$(PY) benchmarks/retrieval.py
 	test -f $(MODEL)/model.json || $(VENV)/bin/thaw fit --dataset ml-100k --model stack --out $(MODEL)
-	$(PY) benchmarks/serve.py --model $(MODEL)
+	$(PY) benchmarks/serve_profile.py --model $(MODEL) --requests 100
+	$(PY) benchmarks/serve.py --model $(MODEL) --requests 100
+	$(PY) benchmarks/serve_ingest.py
+	$(PY) benchmarks/load/run.py --model $(MODEL) --time 60s --users 32 --workers 2
 	$(PY) benchmarks/serve_exploration.py --horizon 30000 --seeds 5
 	$(PY) benchmarks/cli_startup.py --repeats 5
 	$(PY) benchmarks/cross_domain.py --control

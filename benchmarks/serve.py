@@ -4,15 +4,16 @@ For each support size K, N fresh users each post K events (not timed), then ask 
 their top 10 (timed; a fresh user is always a cache miss, so every request adapts the model
 to the user's history). Timed twice: in process (the service without HTTP: the store's reads
 plus the model) and over HTTP against `python -m thaw.serve` on 127.0.0.1 with one client on
-a keep-alive connection, then at K = 3 with 1, 8 and 32 concurrent clients. Then events/s:
+a keep-alive connection, then at K = 3 with 1, 8 and 32 concurrent clients on 1 and 2 uvicorn
+workers (recommendations/s: every request a fresh user's cache miss). Then events/s:
 batches of 100 posted over HTTP, each acknowledged after its commit (SQLite WAL, synchronous
-FULL), and in process through the store on SQLite and, with --pg URL, PostgreSQL.
+FULL); benchmarks/serve_ingest.py times the store alone on SQLite and PostgreSQL.
 
 Uses the saved ML-100k stack given by --model (default models/stack, made by `make serve`)
 or, when there is none, fits a small stack on synthetic data. Loopback only; bounded by
 --requests and --events.
 
-    python benchmarks/serve.py [--model models/stack] [--requests 200] [--events 20000] [--pg URL]
+    python benchmarks/serve.py [--model models/stack] [--requests 200] [--events 20000] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -50,6 +51,33 @@ def fit_synthetic(folder: Path) -> Path:
     stack.fit(split.train, validate=SplitValidator(split, "next-item"))
     stack.dataset = split.train
     return stack.save(folder)
+
+
+def open_service(model_arg: Path, name: str) -> tuple:
+    """One thread; the saved model at ``model_arg`` (or a small synthetic stack) served from a
+    fresh SQLite store in a temporary folder: (service, store, model folder, store URL)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from thaw.serve.service import Service
+    from thaw.serve.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix=f"thaw-serve-{name}-"))
+    model = model_arg if (model_arg / "model.json").is_file() else None
+    if model is None:
+        print(f"no saved model at {model_arg}: fitting a small stack on synthetic data")
+        model = fit_synthetic(work / "stack")
+    db = f"sqlite:///{work / f'{name}.db'}"
+    store = Store(db)
+    store.init()
+    service = Service(model, store, cache_size=0)
+    service.seed_store()
+    print(f"model {model} ({service.version}, {service.n_model_items} items); store {db}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, one thread per process")
+    return service, store, model, db
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -98,30 +126,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="fresh users per K")
     parser.add_argument("--events", type=int, default=20_000, help="events posted for the ingest rate")
     parser.add_argument("--clients", default="1,8,32", help="concurrent HTTP clients for the K = 3 run")
-    parser.add_argument("--pg", default=None, help="a PostgreSQL URL (postgresql+psycopg://...) to time ingest on too")
+    parser.add_argument("--workers", default="1,2", help="uvicorn worker processes, one server each")
+    parser.add_argument("--server-args", default="", help="more options for thaw serve, e.g. '--loop asyncio'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
-    from thaw.serve.service import Service
-    from thaw.serve.store import Store
-
-    work = Path(tempfile.mkdtemp(prefix="thaw-serve-bench-"))
-    model = args.model if (args.model / "model.json").is_file() else None
-    if model is None:
-        print(f"no saved model at {args.model}: fitting a small stack on synthetic data")
-        model = fit_synthetic(work / "stack")
-    db = f"sqlite:///{work / 'bench.db'}"
-    store = Store(db)
-    store.init()
-    service = Service(model, store, cache_size=0)
-    service.seed_store()
-    print(f"model {model} ({service.version}, {service.n_model_items} items); store {db}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, one thread per process")
+    service, store, model, db = open_service(args.model, "bench")
     rng = np.random.default_rng(args.seed)
 
     print(f"\nin process (no HTTP), top 10 for a fresh user, {args.requests} users per K")
@@ -139,88 +148,99 @@ def main() -> None:
         print(f"  K = {k:2d}  {percentiles(times)}   route {', '.join(sorted(routes))}")
     store.close()
 
+    for workers in [int(w) for w in args.workers.split(",")]:
+        server, port = start_server(model, db, workers, args.server_args)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            warm = history_batches(service, 3, 20 * workers, f"warm{workers}", rng)  # each worker's first requests
+            for batch in warm:
+                request(conn, "POST", "/v1/events", {"events": batch})
+            concurrent_gets(port, [f"/v1/users/{b[0]['user']}/recommendations?n=10" for b in warm], 2 * workers)
+            if workers == 1:
+                print(f"\nover HTTP (uvicorn, 1 worker, 1 client, keep-alive), {args.requests} users per K")
+                for k in KS:
+                    times = []
+                    for batch in history_batches(service, k, args.requests, "http", rng):
+                        user = batch[0]["user"] if batch else f"http-{k}-{len(times)}"
+                        if batch:
+                            request(conn, "POST", "/v1/events", {"events": batch})
+                        started = time.perf_counter()
+                        request(conn, "GET", f"/v1/users/{user}/recommendations?n=10")
+                        times.append(time.perf_counter() - started)
+                    print(f"  K = {k:2d}  {percentiles(times)}")
+            print(f"\nK = 3 fresh users over HTTP, uvicorn with {workers} worker(s), concurrent keep-alive clients")
+            for clients in [int(c) for c in args.clients.split(",") if c.strip()]:
+                batches = history_batches(service, 3, max(args.requests, 10 * clients), f"c{workers}-{clients}", rng)
+                for batch in batches:
+                    request(conn, "POST", "/v1/events", {"events": batch})
+                times, wall = concurrent_gets(port, [f"/v1/users/{b[0]['user']}/recommendations?n=10" for b in batches],
+                                              clients)
+                print(f"  {workers} worker(s), {clients:2d} clients  {percentiles(times)}   "
+                      f"{len(times) / wall:6.1f} recommendations/s")
+            if workers == 1:
+                ingest_over_http(conn, service, args.events)
+            conn.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def start_server(model: Path, db: str, workers: int, extra: str) -> tuple[subprocess.Popen, int]:
+    """``python -m thaw.serve`` on a free loopback port, once it answers /readyz."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "thaw.serve", str(model), "--db", db, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "thaw.serve", str(model), "--db", db, "--port", str(port),
+                               "--workers", str(workers), *extra.split()],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                request(conn, "GET", "/readyz")
-                break
-            except (ConnectionError, OSError, RuntimeError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.3)
-        print(f"\nover HTTP (uvicorn, 1 worker, 1 client, keep-alive), {args.requests} users per K")
-        for k in KS:
-            times = []
-            for batch in history_batches(service, k, args.requests, "http", rng):
-                user = batch[0]["user"] if batch else f"http-{k}-{len(times)}"
-                if batch:
-                    request(conn, "POST", "/v1/events", {"events": batch})
-                started = time.perf_counter()
-                request(conn, "GET", f"/v1/users/{user}/recommendations?n=10")
-                times.append(time.perf_counter() - started)
-            print(f"  K = {k:2d}  {percentiles(times)}")
-        for clients in [int(c) for c in args.clients.split(",") if c.strip()]:
-            batches = history_batches(service, 3, args.requests, f"conc{clients}", rng)
-            for batch in batches:
-                request(conn, "POST", "/v1/events", {"events": batch})
-            times, lock = [], threading.Lock()
+    deadline = time.monotonic() + 300
+    ready = 0
+    while ready < 3 * workers:  # several answers, so that every worker has loaded its model
+        try:
+            request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "GET", "/readyz")
+            ready += 1
+        except (ConnectionError, OSError, RuntimeError):
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.3)
+    time.sleep(2.0 if workers > 1 else 0.0)
+    return server, port
 
-            def client(part: list[list[dict]], times: list[float] = times, lock: threading.Lock = lock) -> None:
-                mine = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                for batch in part:
-                    started = time.perf_counter()
-                    request(mine, "GET", f"/v1/users/{batch[0]['user']}/recommendations?n=10")
-                    with lock:
-                        times.append(time.perf_counter() - started)
-                mine.close()
 
-            threads = [threading.Thread(target=client, args=(batches[c::clients],)) for c in range(clients)]
+def concurrent_gets(port: int, paths: list[str], clients: int) -> tuple[list[float], float]:
+    """GET every path, ``clients`` keep-alive connections at once; each request's seconds and
+    the wall time of them all."""
+    times, lock = [], threading.Lock()
+
+    def client(part: list[str]) -> None:
+        mine = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for path in part:
             started = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - started
-            print(f"  K =  3, {clients:2d} concurrent clients  {percentiles(times)}   "
-                  f"{len(times) / wall:6.1f} requests/s")
-        items = service.item_ids[:service.n_model_items]
-        n_batches = max(1, args.events // 100)
-        started = time.perf_counter()
-        for b in range(n_batches):
-            batch = [{"event_id": f"ingest-{b}-{j}", "user": f"ingest-{b % 500}",
-                      "item": items[(b * 100 + j) % len(items)],
-                      "kind": "click", "ts": b} for j in range(100)]
-            request(conn, "POST", "/v1/events", {"events": batch})
-        elapsed = time.perf_counter() - started
-        print(f"\ningest over HTTP: {n_batches * 100} events in batches of 100, one client: "
-              f"{n_batches * 100 / elapsed:,.0f} events/s acknowledged (SQLite WAL, synchronous FULL)")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    stores = [("SQLite WAL, synchronous FULL", f"sqlite:///{work / 'ingest.db'}")]
-    if args.pg:
-        stores.append(("PostgreSQL", args.pg))
-    print("\ningest in process (Store.add_events, no HTTP), batches of 100, one writer:")
-    for label, url in stores:
-        store = Store(url)
-        store.init()
-        items = service.item_ids[:service.n_model_items]
-        store.seed([], [(i, {}, "") for i in items])
-        n_batches = max(1, args.events // 100)
-        started = time.perf_counter()
-        for b in range(n_batches):
-            store.add_events([{"event_id": f"direct-{b}-{j}", "user": f"direct-{b % 500}",
-                               "item": items[j % len(items)], "kind": "click", "ts": b} for j in range(100)])
-        elapsed = time.perf_counter() - started
-        print(f"  {label}: {n_batches * 100 / elapsed:,.0f} events/s")
-        store.close()
+            request(mine, "GET", path)
+            with lock:
+                times.append(time.perf_counter() - started)
+        mine.close()
 
+    threads = [threading.Thread(target=client, args=(paths[c::clients],)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, time.perf_counter() - started
+
+
+def ingest_over_http(conn: http.client.HTTPConnection, service: object, events: int) -> None:
+    items = service.item_ids[:service.n_model_items]  # type: ignore[attr-defined]
+    n_batches = max(1, events // 100)
+    started = time.perf_counter()
+    for b in range(n_batches):
+        batch = [{"event_id": f"ingest-{b}-{j}", "user": f"ingest-{b % 500}", "item": items[(b * 100 + j) % len(items)],
+                  "kind": "click", "ts": b} for j in range(100)]
+        request(conn, "POST", "/v1/events", {"events": batch})
+    elapsed = time.perf_counter() - started
+    print(f"\ningest over HTTP: {n_batches * 100} events in batches of 100, one client: "
+          f"{n_batches * 100 / elapsed:,.0f} events/s acknowledged (SQLite WAL, synchronous FULL)")
 
 if __name__ == "__main__":
     main()

@@ -328,3 +328,77 @@ def test_a_known_user_gets_no_popularity_prior_so_new_items_compete_on_content()
     own = np.array([idx["popular"], idx["similar"]])
     expected = model.similarity(cand, own).sum(1) + model.popularity[cand]
     assert np.allclose(model.score(Context(user=u0), cand), expected)
+
+
+# --- items added after the fit ----------------------------------------------------------------
+
+def _space_catalogue():
+    items = pd.DataFrame({"title": ["Space War", "Space War II", "Love Story"],
+                          "year": [1977.0, 1980.0, 1970.0],
+                          "genres": [("Sci-Fi",), ("Sci-Fi", "War"), ("Romance",)]},
+                         index=["s1", "s2", "l"])
+    rows = [("u1", "s1", 5.0, 1), ("u1", "l", 1.0, 2), ("u2", "s2", 4.0, 1), ("u2", "l", 2.0, 3),
+            ("u3", "l", 3.0, 1)]
+    return tiny_dataset(rows, items=items)
+
+
+def test_extend_items_embeds_new_items_with_the_fits_vocabulary_and_scores_them():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    data = _space_catalogue()
+    model = make_model("content", popularity_weight=0.0).fit(data)
+    new = pd.DataFrame({"title": ["Space Love", "Quiet Harbour"], "year": [1983.0, np.nan],
+                        "genres": [("Romance",), ()]})
+    assert list(model.extend_items(new)) == [3, 4] and model.n_items == 5
+    # the fit's own vectorizer gives the new items the same vectors (unknown words dropped)
+    fitted = TfidfVectorizer(token_pattern=content.TOKEN_PATTERN, sublinear_tf=True).fit(item_documents(data))
+    expected = fitted.transform(item_documents(content._described(new))).toarray()
+    assert np.allclose(model.vectors[3:].toarray(), expected) and model.vectors[4].nnz == 0
+    support = np.array([0])  # Space War: the new Space Love shares "space" with it
+    scores = model.score(Context(None, history=history(support, np.array([5.0]))), np.arange(5))
+    assert scores.shape == (5,) and scores[3] > scores[2] and scores[3] == pytest.approx(
+        expected[0] @ model.vectors[0].toarray().ravel() + 0.0, abs=1e-12)
+    # what an item without training interactions is: the global mean as its rating prior
+    ctx = Context(None, history=history(np.array([0]), np.array([5.0])))
+    sim = scores[3]
+    assert model.predict(ctx, np.array([3, 4])) == pytest.approx(
+        [(sim * 5.0 + model.global_mean) / (sim + 1.0), model.global_mean])
+    # a new item described again gets its new vector; the fit's items keep theirs
+    model.extend_items(pd.DataFrame({"title": ["Space War III"], "year": [1990.0], "genres": [("War",)]}), [4])
+    assert model.n_items == 5 and model.similarity(np.array([4]), np.array([1]))[0, 0] > 0.3
+    with pytest.raises(ThawError, match="fit's"):
+        model.extend_items(new.iloc[:1], [2])
+    with pytest.raises(ThawError, match="without gaps"):
+        model.extend_items(new.iloc[:1], [7])
+
+
+def test_extend_items_after_a_save_and_for_a_model_saved_without_its_vocabulary(tmp_path):
+    from thaw.models.persist import load
+
+    data = _space_catalogue()
+    model = make_model("content").fit(data)
+    new = pd.DataFrame({"title": ["Space Love"], "year": [1983.0], "genres": [("Romance",)],
+                        "text": ["war in space"]})
+    loaded = load(model.save(tmp_path / "m"))
+    loaded.extend_items(new)
+    model.extend_items(new)
+    assert abs(loaded.vectors - model.vectors).max() < 1e-12
+    # free text counts: "war" is in the vocabulary, so the new item is nearer Space War II
+    assert model.similarity(np.array([3]), np.array([1]))[0, 0] > 0.2
+    fresh = make_model("content").fit(data)  # as if saved before the vocabulary was kept
+    fresh.terms = fresh.idf = None
+    with pytest.raises(ThawError, match="data set it was fitted on"):
+        fresh.extend_items(new)
+    fresh.extend_items(new, data=data)
+    assert abs(fresh.vectors - model.vectors).max() < 1e-12
+
+
+def test_extend_items_reaches_the_profile_fallback():
+    rows = [(f"w{u}", "A", 5.0, 1) for u in range(4)] + [(f"m{u}", "B", 5.0, 1) for u in range(4)]
+    users = pd.DataFrame({"gender": ["F"] * 4 + ["M"] * 4},
+                         index=[f"{g}{u}" for g in "wm" for u in range(4)])
+    items = pd.DataFrame({"title": ["Alpha", "Beta"], "genres": [("Drama",), ("Comedy",)]}, index=["A", "B"])
+    model = make_model("content").fit(tiny_dataset(rows, users=users, items=items))
+    model.extend_items(pd.DataFrame({"title": ["Alpha Two"], "genres": [("Drama",)]}))
+    scores = model.score(Context(None, profile={"gender": "F"}), np.arange(3))
+    assert scores.shape == (3,) and scores[0] > scores[1] and np.isfinite(scores).all()

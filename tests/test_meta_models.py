@@ -154,3 +154,29 @@ def test_soft_hml_trains_the_choice_by_protocol_unless_told():
     model.set_task("next-item")
     assert model.choice_in_training() == "query"
     assert make_model("hml-soft", train_choice="support").choice_in_training() == "support"
+
+
+def test_one_users_adaptation_is_reused_until_the_support_or_the_weights_change(small_split, monkeypatch):
+    model = make_model("fomaml", epochs=1)
+    model.set_task("next-item")
+    model.fit(small_split.train)
+    calls = []
+    adapt = model.maml.adapted
+    monkeypatch.setattr(model.maml, "adapted", lambda support: calls.append(1) or adapt(support))
+    user = next(iter(small_split.test))
+    seq, profile = small_split.test[user], small_split.train.profile(user)
+    ctx = Context(None, seq.take(slice(0, 3)), profile)
+    items = np.arange(40)
+    first = model.score(ctx, items)
+    model.confidence(ctx, first)  # the stack asks this after the scores: the same adaptation
+    assert np.array_equal(model.score(Context(None, seq.take(slice(0, 3)), profile), items), first)
+    assert len(calls) == 1
+    longer = model.score(Context(None, seq.take(slice(0, 4)), profile), items)  # a new event
+    assert len(calls) == 2 and not np.array_equal(longer, first)
+    with torch.no_grad():  # a training step (in place) makes every kept adaptation stale
+        for p in model.net.parameters():
+            p.mul_(1.5)
+    changed = model.score(ctx, items)
+    assert len(calls) == 3 and not np.allclose(changed, first)
+    model.net.load_state_dict({k: v / 1.5 for k, v in model.net.state_dict().items()})
+    assert np.allclose(model.score(ctx, items), first, atol=1e-5) and len(calls) == 4

@@ -460,3 +460,35 @@ def test_serve_checks_its_port_store_folder_and_model_before_creating_the_store(
             with pytest.raises(ThawError, match=message):
                 serve(**args)
             assert not db.exists() and not (tmp_path / "missing").exists()
+
+
+def test_a_schema_1_store_is_upgraded_with_its_rewards_summed_into_the_evidence(client, service, store):
+    """A store written by the schema-1 service (rewards only in thaw_feedback) is upgraded in
+    place: the evidence per (segment, item) arm is the sum of its stored rewards, and a fresh
+    service's policy starts from it."""
+    from thaw.serve.store import evidence, models, revisions
+
+    client.put("/v1/users/f25", json={"profile": {"gender": "F", "age": 25}})
+    client.post("/v1/events", json=events("f25", ["i3"]))
+    shown = []
+    for _ in range(3):
+        out = top(client, "f25", n=5, explore="true")
+        shown.append((out["slate_id"], out["items"][0]["item"]))
+        client.post("/v1/feedback", json={"slate_id": out["slate_id"], "item": out["items"][0]["item"], "reward": 1.0})
+    expected = {}
+    for _, item in shown:
+        expected[item] = expected.get(item, 0) + 1.0
+    with store.writer.begin() as conn:  # back to what schema 1 had
+        conn.execute(evidence.delete())
+        conn.execute(models.delete())
+        conn.execute(revisions.delete().where(revisions.c.name != "catalogue"))
+        conn.execute(schema_version.update().values(version=1))
+    assert Store(store.url).init() == 1 and Store(store.url).version() == SCHEMA_VERSION
+    arms = client.get("/v1/exploration/evidence").json()
+    assert {a["item"]: a["trials"] for a in arms["arms"]} == expected
+    assert all(a["segment"] == ["F", a["segment"][1]] and a["successes"] == a["trials"] for a in arms["arms"])
+    assert arms["trials"] == 3.0
+    fresh = Service(service.model_dir, Store(store.url))
+    assert fresh.restore_policy() == 3
+    key = ("F", arms["arms"][0]["segment"][1])
+    assert fresh.policy.counts[key][fresh.index[arms["arms"][0]["item"]]] == arms["arms"][0]["trials"]

@@ -5,22 +5,18 @@ installs it)."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from glob import glob
-from pathlib import Path
 
 import pytest
 
-from thaw.serve.store import Store
+from thaw.serve.store import SCHEMA_VERSION, Store
 
 WRITERS = 4
 BATCH = 20
@@ -87,64 +83,76 @@ def server_log(tmp_path):
         yield log
 
 
+class Writers:
+    """Threads that post batches of BATCH events, writer w to ``ports[w % len(ports)]``, until
+    stopped or a call goes unanswered; each batch lands in ``acked`` (200) or ``unacked``."""
+
+    def __init__(self, ports, n=WRITERS):
+        self.ports, self.stop_flag, self.lock = ports, threading.Event(), threading.Lock()
+        self.acked, self.unacked, self.refused = [], [], []
+        self.threads = [threading.Thread(target=self.write, args=(w,)) for w in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def write(self, w):
+        n = 0
+        while not self.stop_flag.is_set():
+            batch = [{"event_id": f"w{w}-{n + k}", "user": f"writer{w}", "item": f"i{(n + k) % 60}",
+                      "kind": "click", "ts": n + k} for k in range(BATCH)]
+            n += BATCH
+            try:
+                status, _ = call(self.ports[w % len(self.ports)], "POST", "/v1/events", {"events": batch}, timeout=10)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                status = None
+            with self.lock:
+                (self.acked if status == 200 else self.unacked).append(batch)
+                if status not in (200, None):
+                    self.refused.append(status)
+            if status is None:
+                return
+
+    def wait_for(self, batches, timeout=60):
+        """Until ``batches`` batches are acknowledged (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.acked) < batches:
+            time.sleep(0.01)
+
+    def stop(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        assert not self.refused, f"the server refused batches: {self.refused[:5]}"
+
+    def check_stored(self, db, retry_port):
+        """Every acknowledged event stored once; the unacknowledged batches and an
+        acknowledged one posted again (as a client retries) through ``retry_port`` land once."""
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        assert len(stored) == len(set(stored))
+        missing = {e["event_id"] for batch in self.acked for e in batch} - set(stored)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+        for batch in [*self.unacked, self.acked[0]]:
+            assert call(retry_port, "POST", "/v1/events", {"events": batch})[0] == 200
+        stored = [e["event_id"] for e in Store(db).all_events()]
+        expected = {e["event_id"] for batch in [*self.acked, *self.unacked] for e in batch}
+        assert len(stored) == len(set(stored)) and set(stored) == expected
+        return expected
+
+
 def check_durability(model_dir, db, log):
     """Writers post batches while the server is killed with SIGKILL; after a restart every
     acknowledged event is stored exactly once, and retrying the unacknowledged ones (as a
     client would) stores each of them once too."""
     server = Server(model_dir, db, log).start()
-    acked, unacked, refused, lock = [], [], [], threading.Lock()
-    stop = threading.Event()
-
-    def writer(w):
-        n = 0
-        while not stop.is_set():
-            batch = [{"event_id": f"w{w}-{n + k}", "user": f"writer{w}", "item": f"i{(n + k) % 60}",
-                      "kind": "click", "ts": n + k} for k in range(BATCH)]
-            ids = [e["event_id"] for e in batch]
-            n += BATCH
-            try:
-                status, _ = call(server.port, "POST", "/v1/events", {"events": batch}, timeout=10)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                status = None
-            with lock:
-                (acked if status == 200 else unacked).append(ids)
-                if status not in (200, None):
-                    refused.append(status)
-            if status is None:
-                return
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if len(acked) >= 10:
-                break
-        time.sleep(0.01)
+    writers = Writers([server.port])
+    writers.wait_for(10)
     server.kill()  # mid-stream: writers are still posting
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(acked) >= 10, "the writers got too few acknowledgements before the kill"
-    assert not refused, f"the server refused batches: {refused[:5]}"
-    print(f"acknowledged batches {len(acked)}, in flight at the kill {len(unacked)}")
+    writers.stop()
+    assert len(writers.acked) >= 10, "the writers got too few acknowledgements before the kill"
+    print(f"acknowledged batches {len(writers.acked)}, in flight at the kill {len(writers.unacked)}")
 
     server = Server(model_dir, db, log).start()
     try:
-        stored = [e["event_id"] for e in Store(db).all_events()]
-        assert len(stored) == len(set(stored))
-        missing = {i for batch in acked for i in batch} - set(stored)
-        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
-        # a client retries what it did not get an answer for, and an acknowledged batch again
-        for ids in [*unacked, acked[0]]:
-            w = ids[0].split("-")[0][1:]
-            batch = [{"event_id": i, "user": f"writer{w}", "item": f"i{int(i.split('-')[1]) % 60}", "kind": "click",
-                      "ts": int(i.split("-")[1])} for i in ids]
-            assert call(server.port, "POST", "/v1/events", {"events": batch})[0] == 200
-        stored = [e["event_id"] for e in Store(db).all_events()]
-        expected = {i for batch in [*acked, *unacked] for i in batch}
-        assert len(stored) == len(set(stored)) and set(stored) == expected
+        expected = writers.check_stored(db, server.port)
         status, history = call(server.port, "GET", "/v1/users/writer0/history")
         assert status == 200 and len(history["events"]) == len({i for i in expected if i.startswith("w0-")})
     finally:
@@ -186,37 +194,15 @@ def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path,
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(versions[-1]).parent if versions else None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server on loopback (as the postgres user when we are root)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
+    """A throwaway PostgreSQL server on loopback (thaw.serve.devdb)."""
+    from thaw.serve.devdb import ThrowawayPostgres, pg_bin
+
+    if pg_bin() is None:
         pytest.skip("no PostgreSQL server installed (.ci/run installs Debian's postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="thaw-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "thaw", "-A", "trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://thaw@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with ThrowawayPostgres() as url:
+        yield url
 
 
 @pytest.fixture()
@@ -224,10 +210,11 @@ def pg_url(postgres):
     """The server with an empty thaw schema for each test."""
     from sqlalchemy import create_engine
 
+    from thaw.serve.store import metadata
+
     engine = create_engine(postgres)
     with engine.begin() as conn:
-        for table in ("thaw_events", "thaw_items", "thaw_users", "thaw_revisions", "thaw_schema_version"):
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        metadata.drop_all(conn)
     engine.dispose()
     return postgres
 
@@ -240,7 +227,7 @@ def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
     from test_serve import events
 
     store = Store(pg_url)
-    assert store.init() == 0 and store.init() == 1
+    assert store.init() == 0 and store.init() == SCHEMA_VERSION
     store.put_item("a", {"title": "A", "genres": ["Drama"]}, "")
     first = store.add_events(events("u", ["a", "a"])["events"])
     again = store.add_events(events("u", ["a", "a"])["events"])
@@ -251,6 +238,39 @@ def test_postgresql_store_has_the_same_schema_and_semantics(pg_url):
         store.add_events(events("v", ["a", "b"])["events"])
     assert store.user("v") is None and store.count_events() == 2
     assert store.add_events(events("v", ["a", "b"])["events"], create_items=True).created_items == ["b"]
-    row, history, rev = store.snapshot("u")
-    assert [e["event_id"] for e in history] == ["u-0", "u-1"] and rev == 2
+    row, history, revs = store.snapshot("u")
+    assert [e["event_id"] for e in history] == ["u-0", "u-1"] and revs == {"catalogue": 2, "evidence": 0, "model": 0}
     store.close()
+
+
+def test_two_stores_racing_on_postgresql_store_each_event_once(pg_url):
+    """Two processes' stores (replicas) post overlapping batches at once: every event_id is
+    stored once, reported stored by exactly one of them and a duplicate by the other, and
+    each new user is reported created once."""
+    stores = [Store(pg_url) for _ in range(2)]
+    stores[0].init()
+    stores[0].seed([], [(f"i{k}", {}, "") for k in range(30)])
+    batches = [[{"event_id": f"e{b}-{j}", "user": f"u{b % 7}", "item": f"i{(b + j) % 30}", "rating": None if j % 2
+                 else 4.0, "kind": "click", "ts": j} for j in range(25)] for b in range(40)]
+    results: list[list] = [[], []]
+
+    def post(k):
+        for batch in batches:
+            results[k].append(stores[k].add_events(batch))
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [e["event_id"] for e in stores[0].all_events()]
+    expected = [e["event_id"] for batch in batches for e in batch]
+    assert sorted(stored) == sorted(expected)
+    reported = [i for r in results for w in r for i in w.stored]
+    assert sorted(reported) == sorted(expected)
+    assert sorted(i for r in results for w in r for i in w.duplicates) == sorted(expected)
+    assert sorted(u for r in results for w in r for u in w.created_users) == [f"u{k}" for k in range(7)]
+    ratings = {e["event_id"]: e["rating"] for e in stores[1].all_events()}
+    assert ratings["e0-1"] is None and ratings["e0-0"] == 4.0
+    for store in stores:
+        store.close()

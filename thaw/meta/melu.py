@@ -11,6 +11,8 @@ fine-tuning. Items enter only through their features, so new items are scored li
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +24,7 @@ from thaw.models.features_net import FeatureModel
 from thaw.models.neural import TaskBatch, Trainer, pad_and_stack, share_of
 
 DECISION_LAYERS = ("decision.", "out.")
+ADAPTED_CACHE = 64  # one-user adaptations kept per model (FeatureMetaLearner.adapted_weights)
 
 
 def is_decision_layer(name: str) -> bool:
@@ -36,7 +39,7 @@ class FeatureMetaLearner(FeatureModel):
     second-order term of the meta-gradient. Everything else is ``FeatureModel``'s.
     """
 
-    _transient = ("maml",)  # re-created by _rebuild, like the feature space and task builder
+    _transient = ("maml", "_adapted")  # re-created by _rebuild (maml), or a cache (_adapted)
 
     def __init__(self, *, adapt_all: bool = False, first_order: bool = False, inner_steps: int = 2,
                  inner_lr: float = 0.05, **kwargs) -> None:
@@ -60,8 +63,32 @@ class FeatureMetaLearner(FeatureModel):
     # --- scoring -------------------------------------------------------------------------
 
     def adapted_weights(self, contexts: Sequence[Context]) -> Params:
-        """Fast weights per user, (T, ...): the initialisation adapted on each support."""
-        return self.maml.adapted(pad_and_stack([self._support_rows(c) for c in contexts]))
+        """Fast weights per user, (T, ...): the initialisation adapted on each support.
+
+        For one user they are kept for the next ``ADAPTED_CACHE`` different supports, keyed by
+        the support's rows and the network's parameter versions (torch counts every in-place
+        change, so a training step or a load makes them stale): a request asks for the same
+        user's adaptation twice (its scores, then the stack's ``confidence``), and a service
+        asks again until the user's next event."""
+        support = pad_and_stack([self._support_rows(c) for c in contexts])
+        if len(contexts) != 1:
+            return self.maml.adapted(support)
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(support):
+            value = support[name]
+            digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+            digest.update(value.detach().contiguous().numpy().tobytes())
+        key = (tuple(p._version for p in self.net.parameters()), digest.digest())
+        cache = getattr(self, "_adapted", None)
+        if cache is None:
+            cache = self._adapted = OrderedDict()
+        found = cache.get(key)
+        if found is None:
+            found = self.maml.adapted(support)
+            cache[key] = found
+            while len(cache) > ADAPTED_CACHE:
+                cache.popitem(last=False)
+        return found
 
     def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
         fast = self.adapted_weights(contexts)

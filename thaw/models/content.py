@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 from thaw.data.features import FeatureSpace, item_documents
 from thaw.data.schema import Dataset
@@ -48,6 +49,8 @@ TEXT_COLUMNS = ("text", "description", "overview", "plot", "summary")
 # items nobody near the profile touched): far below any difference in the neighbour and
 # popularity shares it breaks ties in.
 PROFILE_CONTENT_TIEBREAK = 1e-12
+# How item documents are cut into words (TF-IDF); ``extend_items`` cuts new items' alike.
+TOKEN_PATTERN = r"(?u)\b\w[\w']*\b"
 
 
 # --- item text ------------------------------------------------------------------------------
@@ -350,9 +353,119 @@ class ContentKNN(Recommender):
         docs = item_documents(data)
         if not any(d.strip() for d in docs):
             return None
-        vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w[\w']*\b", sublinear_tf=True,
-                                     lowercase=True)
-        return vectorizer.fit_transform(docs).tocsr()  # rows are L2-normalised
+        vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, sublinear_tf=True, lowercase=True)
+        vectors = vectorizer.fit_transform(docs).tocsr()  # rows are L2-normalised
+        self.terms = vectorizer.get_feature_names_out().astype(object)  # for extend_items
+        self.idf = np.asarray(vectorizer.idf_, dtype=np.float64)
+        return vectors
+
+    # --- items added after the fit ----------------------------------------------------------
+
+    @property
+    def n_items(self) -> int:
+        """Items this model scores: those of its fit and those ``extend_items`` added."""
+        return len(self.log_popularity)
+
+    def extend_items(self, features: pd.DataFrame, items: Sequence[int] | None = None,
+                     data: Dataset | None = None) -> np.ndarray:
+        """Make items that arrive after the fit scorable, from their features alone.
+
+        ``features`` has one row per item and the columns the fit's ``item_features`` had
+        (title, genres, year; for MiniLM also a free-text column). ``items`` are their indices:
+        by default new ones, appended after every item known (returned); an index of an item
+        added earlier re-describes it (its text changed). The items of the fit cannot be
+        re-described: their vectors are what the model was fitted and validated with. A new
+        item is what an item without training interactions is elsewhere in the model: no
+        popularity, the global mean rating, touched by no user; its vector comes from the fit's
+        vocabulary and IDF (TF-IDF, words the fit never saw are dropped) or MiniLM.
+
+        ``data`` (the fit's data set) is needed only by a model saved before the vocabulary
+        was kept: the vocabulary is then rebuilt from it and must reproduce the fitted vectors.
+        Arrays are replaced whole, the vectors last, so a request scoring at the same time sees
+        either the old catalogue or the new one.
+        """
+        n_old, n_fit = self.n_items, int(self.fitted_on[1]) if self.fitted_on else self.n_items
+        base = getattr(self, "n_fitted_items", None) or n_fit
+        items = (np.arange(n_old, n_old + len(features)) if items is None
+                 else np.asarray(items, dtype=np.int64).reshape(-1))
+        if len(items) != len(features):
+            raise ThawError(f"extend_items: {len(features)} rows of features for {len(items)} items")
+        if len(items) and (items.min() < base or len(np.unique(items)) != len(items)):
+            raise ThawError(f"extend_items: items below {base} are the fit's and keep their vectors, "
+                            "and each item is given once")
+        appended = np.sort(items[items >= n_old])
+        if len(appended) and not np.array_equal(appended, np.arange(n_old, n_old + len(appended))):
+            raise ThawError(f"extend_items: new items are numbered on from {n_old}, without gaps")
+        n_new = n_old + len(appended)
+        rows = self._item_rows(features.reset_index(drop=True), data)
+
+        def grown(values: np.ndarray, fill: float) -> np.ndarray:
+            return np.concatenate([values, np.full(n_new - n_old, fill, dtype=values.dtype)])
+
+        def widened(matrix: Any) -> Any:
+            out = matrix.tocsr(copy=True)
+            out.resize((out.shape[0], n_new))
+            return type(matrix)(out)
+
+        self.n_fitted_items = base
+        self.popularity = grown(self.popularity, 0.0)
+        self.log_popularity = grown(self.log_popularity, 0.0)
+        self.item_means = grown(self.item_means, self.global_mean)
+        self.user_history = widened(self.user_history)
+        if self.space is not None:
+            self.warm_touched, self.warm_ratings = widened(self.warm_touched), widened(self.warm_ratings)
+            self.pop_share = grown(self.pop_share, 0.0)
+        if self.fitted_on is not None:
+            self.fitted_on = (self.fitted_on[0], n_new)
+        if self.vectors is not None:
+            vectors = self.vectors
+            if sp.issparse(vectors):  # rows kept, then the given items' rows put in place
+                keep = np.ones(n_new)
+                keep[items] = 0.0
+                place = sp.csr_matrix((np.ones(len(items)), (items, np.arange(len(items)))),
+                                      shape=(n_new, len(items)))
+                padded = sp.vstack([vectors, sp.csr_matrix((n_new - n_old, vectors.shape[1]))])
+                vectors = (sp.diags(keep) @ padded + place @ rows).tocsr()
+                vectors.eliminate_zeros()
+            else:
+                vectors = np.vstack([vectors, np.zeros((n_new - n_old, vectors.shape[1]), vectors.dtype)])
+                vectors[items] = rows
+            self.vectors = vectors
+        return items
+
+    def _item_rows(self, features: pd.DataFrame, data: Dataset | None) -> Any:
+        """The unit-norm vectors of items described by ``features`` (None without content)."""
+        if self.vectors is None:
+            return None
+        frame = _described(features)
+        if self.encoder == "minilm":
+            return embed_items(item_texts(frame), EmbeddingCache(MINILM_NAME, self.cache_dir))
+        if getattr(self, "terms", None) is None:
+            self._recover_vocabulary(data)
+        docs = item_documents(frame)
+        column = next((c for c in TEXT_COLUMNS if c in features.columns), None)
+        if column is not None:  # free text counts with the words of the fit's vocabulary
+            docs = [" ".join(x for x in (d, _clean(t)) if x) for d, t in zip(docs, features[column], strict=True)]
+        counts = CountVectorizer(token_pattern=TOKEN_PATTERN, lowercase=True,
+                                 vocabulary={t: k for k, t in enumerate(self.terms)}
+                                 ).transform(docs).tocsr().astype(np.float64)
+        counts.data = 1.0 + np.log(counts.data)  # sublinear term frequency, as the fit's
+        weighted = counts @ sp.diags(self.idf)
+        norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+        return (sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ weighted).tocsr()
+
+    def _recover_vocabulary(self, data: Dataset | None) -> None:
+        """The fit's TF-IDF vocabulary for a model saved without it, rebuilt from its data set."""
+        if data is None or data.n_items != (getattr(self, "n_fitted_items", None) or self.n_items):
+            raise ThawError(f"model '{self.name}' was saved without its vocabulary: extend_items needs "
+                            "the data set it was fitted on (data=...) to rebuild it")
+        vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, sublinear_tf=True, lowercase=True)
+        refit = vectorizer.fit_transform(item_documents(data)).tocsr()
+        fitted = self.vectors[:data.n_items]
+        if refit.shape != fitted.shape or abs(refit - fitted).max() > 1e-9:
+            raise ThawError(f"model '{self.name}': its data set does not rebuild its TF-IDF vectors")
+        self.terms = vectorizer.get_feature_names_out().astype(object)
+        self.idf = np.asarray(vectorizer.idf_, dtype=np.float64)
 
     def _fit_profiles(self, data: Dataset, counts: np.ndarray) -> None:
         """What the K = 0 profile fallback needs: warm users' profile codes and interactions."""
@@ -460,6 +573,14 @@ class ContentMiniLM(ContentKNN):
                          neighbours=neighbours, profile_popularity=profile_popularity,
                          profile_prior=profile_prior, popularity_weight=popularity_weight,
                          popularity_grid=popularity_grid, cache_dir=cache_dir)
+
+
+def _described(features: pd.DataFrame) -> Any:
+    """Items given as a feature frame, shaped as ``item_documents`` and ``item_texts`` read a
+    data set."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(item_features=features, n_items=len(features))
 
 
 def _with_zip_prefix(profile: Mapping[str, Any]) -> Mapping[str, Any]:

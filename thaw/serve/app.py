@@ -26,7 +26,7 @@ from thaw.errors import ThawError
 from thaw.serve.auth import Auth, load_tokens
 from thaw.serve.metrics import Metrics
 from thaw.serve.service import InvalidValue, Live, Served, Service, SourceUnsupported
-from thaw.serve.store import MAX_ID, Store, UnknownItems
+from thaw.serve.store import MAX_ID, Store, UnknownItems, segment_of
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
 MAX_BATCH = 1000
@@ -155,6 +155,19 @@ class HistoryOut(BaseModel):
     user: str
     profile: dict[str, Any]
     events: list[StoredEvent]
+
+
+class Arm(BaseModel):
+    segment: list[Any] | None = Field(description="the users' segment (gender, age band); null: unknown")
+    item: str
+    trials: float = Field(description="rewards reported for the item explored to this segment")
+    successes: float = Field(description="their sum (a reward is 0 to 1)")
+
+
+class EvidenceOut(BaseModel):
+    arms: list[Arm]
+    trials: float
+    successes: float
 
 
 class Written(BaseModel):
@@ -358,6 +371,14 @@ def create_app(service: Service | Live, auth: Auth | None = None, results: str |
         `thaw bandit-replay --log` reads; a slot without feedback has reward 0."""
         return CSVResponse(bandit_log_csv(live.current.store))
 
+    @app.get("/v1/exploration/evidence", response_model=EvidenceOut, dependencies=read)
+    def exploration_evidence() -> EvidenceOut:
+        """The exploration policy's evidence per arm (segment, item): rewards summed over
+        every replica that serves this store, which is what each replica's policy decides by."""
+        arms = [Arm(segment=segment_of(r["segment"]), item=r["item_id"], trials=r["trials"], successes=r["successes"])
+                for r in live.current.store.evidence_since(0)]
+        return EvidenceOut(arms=arms, trials=sum(a.trials for a in arms), successes=sum(a.successes for a in arms))
+
     @app.get("/v1/users/{user}/history", response_model=HistoryOut, dependencies=read)
     def user_history(user: Annotated[Id, Path()]) -> HistoryOut:
         """Every stored event of the user, in the order they happened."""
@@ -402,10 +423,10 @@ def from_env() -> Any:
     THAW_SERVE_TOKENS_FILE, the schema created or checked first."""
     store = Store(os.environ["THAW_SERVE_DB"])
     store.init()
-    service = Service(os.environ["THAW_SERVE_MODEL"], store,
-                      cache_size=int(os.environ.get("THAW_SERVE_CACHE", "4096")))
-    service.restore_policy()
-    live = Live(service)
+    live = Live(Service(os.environ["THAW_SERVE_MODEL"], store,
+                        cache_size=int(os.environ.get("THAW_SERVE_CACHE", "4096"))))
+    live.current.restore_policy()
+    live.adopt()  # the model the replicas serve now, which a reload may have changed since the start
     if hasattr(signal, "SIGHUP"):  # SIGHUP: reload the model folder, off the signal handler's thread
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=live.reload, daemon=True).start())
     return create_app(live, Auth(load_tokens(os.environ.get("THAW_SERVE_TOKENS_FILE") or None)),

@@ -23,6 +23,8 @@ def serve(
     cache: Annotated[int, typer.Option(help="Users whose scored catalogue each worker keeps (LRU).")] = 4096,
     tokens: Annotated[Path | None, typer.Option(help="Bearer tokens file (TOKEN=read,write per line), added to THAW_API_TOKENS.")] = None,
     results: Annotated[Path | None, typer.Option(help="A results folder of `thaw run`/`thaw evaluate`, served at /report (default: a report.html in MODEL_DIR).")] = None,
+    loop: Annotated[str, typer.Option(help="uvicorn's event loop: auto (uvloop when installed), asyncio or uvloop.")] = "auto",
+    http: Annotated[str, typer.Option(help="uvicorn's HTTP parser: auto (httptools when installed), h11 or httptools.")] = "auto",
 ) -> None:
     """Serve recommendations over HTTP: events in, recommendations out, API docs at /docs."""
     import uvicorn
@@ -48,6 +50,9 @@ def serve(
     service = Service(model_dir, store, cache_size=0)
     found = store.init()
     users, items = service.seed_store()
+    published = store.published_model()
+    if published is None or published["version"] != service.version:  # what every replica serves from now
+        store.publish_model(str(model_dir.resolve()), service.version)
     typer.echo(f"store {store.safe_url}: schema {'created' if found == 0 else 'ready'}; added {users} users "
                f"and {items} items of {service.data.name}; model {service.version}")
     store.close()
@@ -56,7 +61,7 @@ def serve(
                       THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens),
                       THAW_SERVE_RESULTS="" if results is None else str(results))
     uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10, loop=loop, http=http)
 
 
 def _check_can_listen(host: str, port: int) -> None:

@@ -72,6 +72,13 @@ class PriorThompson(Policy):
         self.counts[key][item] += 1.0
         self.wins[key][item] += min(max(reward, 0.0), 1.0)
 
+    def set_evidence(self, key: Hashable, item: int, trials: float, wins: float) -> None:
+        """Set one arm's evidence to totals counted elsewhere (the store sums every replica's
+        rewards); ``n_updates`` moves by the trials this adds."""
+        self._evidence(key, np.asarray([item]))
+        self.n_updates += int(round(trials - self.counts[key][item]))
+        self.counts[key][item], self.wins[key][item] = float(trials), float(wins)
+
     def action_probabilities(self, ctx: Context, candidates: Sequence[int] | np.ndarray,
                              draws: int = 2000) -> np.ndarray:
         cands = as_candidates(candidates)

@@ -7,8 +7,8 @@ evaluation treats a held-out user (``Context(user=None)`` with their history), s
 next event moves them along the stack's bands on their very next request.
 
 Items the model was not fitted with (a ``PUT /v1/items`` after the fit) are scored by the
-stack's content member, whose arrays are extended with the new items' vectors on arrival
-(``ContentExtension``); the other members abstain on them. Answers are cached per user in a
+stack's content member, which is given them on arrival (``ContentKNN.extend_items``); the
+other members abstain on them. Answers are cached per user in a
 bounded LRU, stamped with everything they depend on (the user's profile revision and last
 event, the catalogue revision), so an event posted through any worker invalidates them.
 """
@@ -24,12 +24,10 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from thaw.data.features import segment_key
 from thaw.data.schema import Dataset, Interactions
@@ -37,7 +35,7 @@ from thaw.errors import DataError, ThawError
 from thaw.models.base import Context, Recommender
 from thaw.serve.exploration import PriorThompson
 from thaw.serve.metrics import Metrics
-from thaw.serve.store import EventsWritten, Store, UnknownItems
+from thaw.serve.store import EventsWritten, Store, UnknownItems, segment_of
 
 DEFAULT_CACHE = 4096
 # Exploration, as the overview recommends it: the first two slots, among the stack's top 20.
@@ -102,93 +100,29 @@ class LRU:
         return len(self.data)
 
 
-def item_documents_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """TF-IDF documents for items given as store rows (features: title, genres, year; text),
-    built by the same function as the catalogue's, with the free text after the title."""
-    from thaw.data.features import item_documents
-
-    frame = pd.DataFrame({
-        "title": [" ".join(x for x in (str(r["features"].get("title") or ""), r.get("text") or "") if x)
-                  for r in rows],
+def item_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Items given as store rows (features: title, genres, year; free text) as the feature
+    frame a model's ``extend_items`` takes."""
+    return pd.DataFrame({
+        "title": [str(r["features"].get("title") or "") for r in rows],
         "genres": [tuple(r["features"].get("genres") or ()) for r in rows],
         "year": [r["features"].get("year") for r in rows],
+        "text": [r.get("text") or "" for r in rows],
     })
-    return item_documents(SimpleNamespace(item_features=frame, n_items=len(rows)))  # type: ignore[arg-type]
 
 
 class ContentExtension:
-    """Lets a fitted content member score items added after its fit.
+    """Gives the content member the items added after its fit (``ContentKNN.extend_items``):
+    new items are numbered on after the model's own, in the catalogue's order; a new item
+    described again is re-described. ``check`` scores once to be sure it worked."""
 
-    Every per-item array of the member is kept as fitted and re-made with one more entry per
-    new item: the item's vector (TF-IDF with the vocabulary of the fit, rebuilt and checked
-    against the fitted vectors; or the MiniLM embedding), and what an item without training
-    interactions has elsewhere (no popularity, the global mean rating, no users). Found by
-    shape, so a member that gains an array keeps working; ``check`` scores once to be sure.
-    """
+    def __init__(self, content: Any, data: Dataset) -> None:
+        self.content, self.data = content, data
 
-    def __init__(self, content: Recommender, data: Dataset) -> None:
-        self.content = content
-        self.n_base = data.n_items
-        n = data.n_items
-        self.base = {a: v for a, v in vars(content).items()
-                     if (isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n and v.dtype.kind == "f")
-                     or (sp.issparse(v) and a != "vectors" and v.shape[1] == n)}
-        self.vectors = getattr(content, "vectors", None)
-        self.embed = self._embedder(content, data)
-        self.rows: dict[str, Any] = {}  # new item id -> its vector row
-
-    @staticmethod
-    def _embedder(content: Any, data: Dataset) -> Any:
-        from thaw.data.features import item_documents
-
-        vectors = getattr(content, "vectors", None)
-        if vectors is None:
-            return None
-        if getattr(content, "encoder", "tfidf") == "minilm":
-            from thaw.models.content import MINILM_NAME, EmbeddingCache, embed_items
-
-            def minilm(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-                texts = [" ".join(x for x in (str(r["features"].get("title") or ""), r.get("text") or "") if x)
-                         for r in rows]
-                return embed_items(texts, EmbeddingCache(MINILM_NAME, content.cache_dir))
-            return minilm
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        # The content member's own settings (thaw/models/content.py), checked below: a
-        # vectorizer that does not reproduce the fitted vectors embeds nothing.
-        vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w[\w']*\b", sublinear_tf=True, lowercase=True)
-        refit = vectorizer.fit_transform(item_documents(data)).tocsr()
-        if refit.shape != vectors.shape or abs(refit - vectors).max() > 1e-9:
-            return None
-        return lambda rows: vectorizer.transform(item_documents_of(rows)).tocsr()
-
-    def update(self, rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> None:
-        """Embed ``rows`` (new or changed new items) and re-make the member's arrays for the
-        new items in ``order`` (the catalogue's order after the model's own items)."""
-        if rows and self.embed is not None:
-            matrix = self.embed(rows)
-            for i, row in enumerate(rows):
-                self.rows[row["id"]] = matrix[i]
-        content, n_total = self.content, self.n_base + len(order)
-        for attr, value in self.base.items():
-            if sp.issparse(value):
-                grown = value.copy()
-                grown.resize((grown.shape[0], n_total))
-                setattr(content, attr, type(value)(grown))
-            else:
-                fill = float(getattr(content, "global_mean", 0.0)) if attr == "item_means" else 0.0
-                setattr(content, attr, np.concatenate([value, np.full(len(order), fill, dtype=value.dtype)]))
-        base = self.vectors
-        if base is not None and order:
-            if sp.issparse(base):
-                empty = sp.csr_matrix((1, base.shape[1]))
-                base = sp.vstack([base, *(self.rows.get(i, empty) for i in order)]).tocsr()
-            else:
-                empty = np.zeros(base.shape[1], dtype=base.dtype)
-                base = np.vstack([base, *(np.asarray(self.rows.get(i, empty)).ravel() for i in order)])
-        if content.fitted_on is not None:  # its indices now reach the new items too
-            content.fitted_on = (content.fitted_on[0], n_total)
-        content.vectors = base  # last: any index a request holds is valid in every array
+    def update(self, rows: Sequence[Mapping[str, Any]], index: Mapping[str, int]) -> None:
+        """Hand ``rows`` (new or changed new items) to the member, at their catalogue index."""
+        if rows:
+            self.content.extend_items(item_frame(rows), [index[r["id"]] for r in rows], data=self.data)
 
     def check(self, n_total: int) -> bool:
         """Whether the extended member scores every item of the catalogue, known or new."""
@@ -248,6 +182,9 @@ class Service:
                                     propensity_draws=EXPLORE_PROPENSITY_DRAWS)
         self.policy_lock = threading.Lock()
         self.explore_slots, self.explore_pool = EXPLORE_SLOTS, EXPLORE_POOL
+        self.evidence_rev = 0  # the store's evidence revision the policy holds
+        self.model_rev = 0  # the store's model revision this service is (or follows)
+        self.follow: Any = None  # called with a newer model revision (Live: reload aside)
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -306,8 +243,12 @@ class Service:
                     self.index[row["id"]] = len(self.item_ids)
                     self.item_ids.append(row["id"])
             if self.extension is not None and new_rows:
-                self.extension.update(new_rows, self.item_ids[self.n_model_items:])
-                if not self.extension.check(len(self.item_ids)):
+                try:
+                    self.extension.update(new_rows, self.index)
+                    extended = self.extension.check(len(self.item_ids))
+                except ThawError:
+                    extended = False
+                if not extended:
                     warnings.warn(f"the content member '{self.content.name}' cannot score items added after "
                                   "its fit; new items are listed after every known one", stacklevel=2)
                     self.extension = self.content = None
@@ -376,8 +317,12 @@ class Service:
         """Top ``n`` for a stored user (or a user nobody has seen: K = 0, no profile); the
         answer comes from the cache when nothing it depends on has changed. With ``explore``
         the first slots are the exploration policy's (``explore_slots``)."""
-        row, events, rev = self.store.snapshot(user)
-        self.sync_catalogue(rev)
+        row, events, revs = self.store.snapshot(user)
+        self.sync_catalogue(revs["catalogue"])
+        if revs.get("model", 0) > self.model_rev and self.follow is not None:
+            self.follow(revs["model"])  # another replica published a model: load it aside
+        if explore:
+            self.sync_evidence(revs.get("evidence"))
         stamp = (None if row is None else row["rev"], max((e["seq"] for e in events), default=0),
                  self.catalogue_rev, self.version)
         hit = self.cache.get(user)
@@ -457,26 +402,35 @@ class Service:
         return Context(None, profile={} if row is None else row["profile"])
 
     def feedback(self, slate_id: str, item: str, reward: float) -> bool:
-        """The reward of an explored slot; the policy learns it once. False when already given."""
-        shown = self.store.add_feedback(slate_id, item, reward)
+        """The reward of an explored slot, added once to its arm's evidence in the store (which
+        every replica reads); False when already given."""
+        shown = self.store.add_feedback(slate_id, item, reward, segment=segment_key)
         if shown is None:
             return False
-        self.sync_catalogue()
-        with self.policy_lock:
-            self.policy.update(self._segment_context(shown["user_id"]), self.index[item], reward)
+        self.sync_evidence()
         self.metrics.count("thaw_feedback_total")
         return True
 
-    def restore_policy(self) -> int:
-        """Teach a fresh policy every reward stored so far (a restart keeps what it learned)."""
-        self.sync_catalogue()
-        rows = self.store.all_feedback()
+    def sync_evidence(self, rev: int | None = None) -> None:
+        """Take in the exploration evidence changed since the last look (any replica's
+        rewards, summed by the store)."""
+        if rev is not None and rev == self.evidence_rev:
+            return
         with self.policy_lock:
+            rows = self.store.evidence_since(self.evidence_rev)
+            if rows and any(r["item_id"] not in self.index for r in rows):
+                self.sync_catalogue()
             for r in rows:
                 if r["item_id"] in self.index:
-                    self.policy.update(self._segment_context(r["user_id"]), self.index[r["item_id"]],
-                                       r["reward"])
-        return len(rows)
+                    self.policy.set_evidence(segment_of(r["segment"]), self.index[r["item_id"]],
+                                             r["trials"], r["successes"])
+                self.evidence_rev = max(self.evidence_rev, int(r["rev"]))
+
+    def restore_policy(self) -> int:
+        """Give a fresh policy the evidence stored so far (a restart keeps what it learned);
+        returns the rewards it now counts."""
+        self.sync_evidence()
+        return self.policy.n_updates
 
     def top(self, answer: Answer, n: int, exclude_seen: bool) -> list[tuple[str, float]]:
         """The ``n`` best items, best first; ties go to the item listed first in the catalogue."""
@@ -539,13 +493,23 @@ class Service:
 
 class Live:
     """The service that requests use now; ``reload`` swaps in a new model between requests
-    (a request holds the service it started with, so none in flight is dropped)."""
+    (a request holds the service it started with, so none in flight is dropped).
+
+    Replicas (worker processes, machines) share the model through the store: a reload
+    publishes the model folder and version there, and every other replica, seeing the model
+    revision move on in a request's snapshot, loads that folder aside and swaps it in
+    (``follow``); the folder must be readable at the same path on every machine."""
 
     def __init__(self, service: Service) -> None:
         self.current = service
         self.lock = threading.Lock()
+        self.following = threading.Lock()
+        service.follow = self.follow
 
-    def reload(self, model_dir: str | Path | None = None) -> Service:
+    def reload(self, model_dir: str | Path | None = None, published: int | None = None) -> Service:
+        """Serve ``model_dir`` (default: the folder served, re-read) from the next request on,
+        and publish it for the other replicas; ``published``: the model revision another
+        replica published it as (nothing to publish)."""
         with self.lock:  # one reload at a time; requests go on meanwhile
             old = self.current
             new = Service(old.model_dir if model_dir is None else model_dir, old.store,
@@ -553,9 +517,43 @@ class Live:
             old.sync_catalogue()
             _check_same_catalogue(new, old)
             new.restore_policy()
+            new.model_rev = (old.store.publish_model(str(new.model_dir.resolve()), new.version)
+                             if published is None else published)
+            new.follow = self.follow
             self.current = new
             old.metrics.count("thaw_reloads_total")
             return new
+
+    def follow(self, rev: int) -> None:
+        """Load the model another replica published (``rev``) in a thread of its own; the
+        requests meanwhile are answered by the model they found."""
+        if not self.following.acquire(blocking=False):
+            return  # already loading one
+
+        def load() -> None:
+            try:
+                self.adopt()
+            finally:
+                self.following.release()
+        threading.Thread(target=load, daemon=True).start()
+
+    def adopt(self) -> Service:
+        """Serve the newest published model, unless it is the one served already; a folder
+        that cannot be loaded here is warned about and skipped."""
+        current = self.current
+        published = current.store.published_model()
+        if published is None or published["rev"] <= current.model_rev:
+            return current
+        if published["version"] == current.version:
+            current.model_rev = published["rev"]
+            return current
+        try:
+            return self.reload(published["model_dir"], published=published["rev"])
+        except (ThawError, OSError) as exc:
+            warnings.warn(f"the model another replica published ({published['model_dir']}) cannot be loaded "
+                          f"here: {exc}; still serving {current.version}", stacklevel=2)
+            current.model_rev = published["rev"]
+            return current
 
 
 def _check_same_catalogue(new: Service, old: Service) -> None:

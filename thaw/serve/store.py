@@ -14,8 +14,10 @@ worker process sees every other worker's writes without talking to it.
 
 from __future__ import annotations
 
+import functools
+import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,21 +35,24 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TextClause,
     bindparam,
     create_engine,
     event,
     func,
     make_url,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from thaw.errors import ThawError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ID = 128
 CHUNK = 500  # rows per IN (...) list and per multi-row insert
+KNOWN_IDS = 1_000_000  # item and user ids a process remembers as stored
 
 metadata = MetaData()
 schema_version = Table("thaw_schema_version", metadata, Column("version", Integer, nullable=False))
@@ -98,13 +103,65 @@ feedback = Table("thaw_feedback", metadata,
                  Column("stored_at", Float, nullable=False),
                  Index("thaw_feedback_once", "slate_id", "item_id", unique=True))
 
+# Schema 2: what replicas share besides users, items and events. The exploration evidence per
+# (segment, item) arm, summed over every replica's feedback; and the models served, one row
+# per publication (the newest is the one every replica serves).
+evidence = Table("thaw_evidence", metadata,
+                 Column("segment", String(256), primary_key=True),
+                 Column("item_id", String(MAX_ID), primary_key=True),
+                 Column("trials", Float, nullable=False),
+                 Column("successes", Float, nullable=False),
+                 Column("rev", BigInteger, nullable=False),
+                 Index("thaw_evidence_rev", "rev"))
+models = Table("thaw_models", metadata,
+               Column("rev", BigInteger, primary_key=True, autoincrement=False),
+               Column("model_dir", Text, nullable=False),
+               Column("version", String(256), nullable=False),
+               Column("published_at", Float, nullable=False))
+# thaw_revisions rows: each counts the changes of one shared thing, so a replica compares them
+# with what it last took in.
+REVISIONS = ("catalogue", "evidence", "model")
+
 # The reads on every recommendation, built once (SQLAlchemy caches their compiled SQL).
 _USER = select(users).where(users.c.id == bindparam("user"))
 _HISTORY = select(events).where(events.c.user_id == bindparam("user")).order_by(events.c.ts, events.c.seq)
 _CATALOGUE_REV = select(revisions.c.value).where(revisions.c.name == "catalogue")
+_REVISIONS = select(revisions.c.name, revisions.c.value)
 
-# version -> the step that upgrades a store from it to version + 1 (none yet: version 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def _evidence_from_feedback(conn: Connection) -> None:
+    """Schema 1 to 2: the evidence table summed from the rewards stored so far (the segment
+    of each reward's user, as the service counts it)."""
+    from thaw.data.features import segment_key
+
+    shown = feedback.join(exposures, (exposures.c.slate_id == feedback.c.slate_id)
+                          & (exposures.c.item_id == feedback.c.item_id))
+    profiles = shown.outerjoin(users, users.c.id == exposures.c.user_id)
+    totals: dict[tuple[str, str], list[float]] = {}
+    for row in conn.execute(select(feedback.c.item_id, feedback.c.reward, users.c.profile).select_from(profiles)):
+        arm = totals.setdefault((segment_text(segment_key(row.profile or {})), row.item_id), [0.0, 0.0])
+        arm[0] += 1.0
+        arm[1] += min(max(float(row.reward), 0.0), 1.0)
+    if totals:
+        conn.execute(evidence.insert(), [{"segment": seg, "item_id": item, "trials": t, "successes": w, "rev": 1}
+                                         for (seg, item), (t, w) in totals.items()])
+        conn.execute(update(revisions).where(revisions.c.name == "evidence").values(value=1))
+
+
+# version -> the step that upgrades a store from it to version + 1 (the tables a version adds
+# are created before the steps run).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _evidence_from_feedback}
+
+
+def segment_text(key: Hashable) -> str:
+    """An exploration segment (a tuple such as ("F", 25), or None) as stored."""
+    return json.dumps(None if key is None else list(key))
+
+
+def segment_of(text: str) -> Hashable:
+    """The segment key ``segment_text`` stored."""
+    value = json.loads(text)
+    return None if value is None else tuple(value)
 
 
 class UnknownItems(ThawError):
@@ -132,6 +189,10 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Items and users this process has seen stored: rows are never deleted, so a batch
+        # asks the database only about the others.
+        self.known_items: set[str] = set()
+        self.known_users: set[str] = set()
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.dialect == "sqlite":
             if url in ("sqlite://", "sqlite:///:memory:"):
@@ -162,11 +223,11 @@ class Store:
             if self.dialect == "postgresql":  # one creator at a time when workers start together
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7231)")
             metadata.create_all(conn, checkfirst=True)
+            for name in REVISIONS:
+                conn.execute(self._insert(revisions).values(name=name, value=0).on_conflict_do_nothing())
             found = conn.execute(select(schema_version.c.version)).scalar()
             if found is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-                conn.execute(self._insert(revisions).values(name="catalogue", value=0)
-                             .on_conflict_do_nothing())
                 return 0
             if found > SCHEMA_VERSION:
                 raise ThawError(f"the store at {self.safe_url} has schema version {found}; this thaw "
@@ -248,22 +309,26 @@ class Store:
         Users never seen are created as cold users (empty profile). Items never seen are an
         ``UnknownItems`` error, and then nothing of the batch is stored, unless
         ``create_items`` (they are created without features). Returns only after the commit.
+
+        Four statements and one commit per batch, whatever its size: the items it names (the
+        one read), the new users and then the events each as one multi-row ``INSERT ... ON
+        CONFLICT DO NOTHING RETURNING``; what the unique index turned away is a duplicate,
+        whichever worker stored it first, so no event_id is checked before it is written.
         """
         out = EventsWritten()
         now = time.time()
+        first: dict[str, Mapping[str, Any]] = {}
+        for e in batch:
+            if e["event_id"] in first:
+                out.duplicates.append(e["event_id"])
+            else:
+                first[e["event_id"]] = e
+        item_ids = list(dict.fromkeys(e["item"] for e in first.values()))
+        user_ids = list(dict.fromkeys(e["user"] for e in first.values()))
         with self.writer.begin() as conn:
-            first: dict[str, Mapping[str, Any]] = {}
-            for e in batch:
-                if e["event_id"] in first:
-                    out.duplicates.append(e["event_id"])
-                else:
-                    first[e["event_id"]] = e
-            stored = self._existing(conn, events.c.event_id, list(first))
-            out.duplicates += [i for i in first if i in stored]
-            fresh = [e for i, e in first.items() if i not in stored]
-            item_ids = list(dict.fromkeys(e["item"] for e in fresh))
-            known_items = self._existing(conn, items.c.id, item_ids)
-            missing = [i for i in item_ids if i not in known_items]
+            unsure = [i for i in item_ids if i not in self.known_items]
+            self._remember(self.known_items, self._existing(conn, items.c.id, unsure))
+            missing = [i for i in unsure if i not in self.known_items]
             if missing and not create_items:
                 raise UnknownItems(missing)
             if missing:
@@ -271,23 +336,40 @@ class Store:
                 conn.execute(self._insert(items).on_conflict_do_nothing(),
                              [{"id": i, "features": {}, "text": "", "rev": rev, "updated_at": now} for i in missing])
                 out.created_items = missing
-            user_ids = list(dict.fromkeys(e["user"] for e in fresh))
-            known_users = self._existing(conn, users.c.id, user_ids)
-            new_users = [u for u in user_ids if u not in known_users]
-            if new_users:
-                conn.execute(self._insert(users).on_conflict_do_nothing(),
-                             [{"id": u, "profile": {}, "rev": 0, "updated_at": now} for u in new_users])
-                out.created_users = new_users
-            rows = [{"event_id": e["event_id"], "user_id": e["user"], "item_id": e["item"],
-                     "rating": e.get("rating"), "kind": e["kind"], "ts": int(e["ts"]), "stored_at": now}
-                    for e in fresh]
-            for chunk in _chunks(rows):
-                # A concurrent writer may have stored the same event_id since the check: the
-                # unique index decides, and the event still lands once.
-                conn.execute(self._insert(events).on_conflict_do_nothing(index_elements=[events.c.event_id]),
-                             chunk)
-            out.stored = [r["event_id"] for r in rows]
+            created = self._insert_new(conn, users, users.c.id, [
+                {"id": u, "profile": {}, "rev": 0, "updated_at": now} for u in user_ids if u not in self.known_users])
+            out.created_users = [u for u in user_ids if u in created]
+            stored = self._insert_new(conn, events, events.c.event_id, [
+                {"event_id": e["event_id"], "user_id": e["user"], "item_id": e["item"], "rating": e.get("rating"),
+                 "kind": e["kind"], "ts": int(e["ts"]), "stored_at": now} for e in first.values()])
+            out.stored = [i for i in first if i in stored]
+            out.duplicates += [i for i in first if i not in stored]
+        self._remember(self.known_items, item_ids)  # committed: every one of them exists now
+        self._remember(self.known_users, user_ids)
         return out
+
+    @staticmethod
+    def _remember(known: set[str], ids: Iterable[str]) -> None:
+        """Add ids known to be stored (never deleted, so never stale); bounded by forgetting."""
+        if len(known) > KNOWN_IDS:
+            known.clear()
+        known.update(ids)
+
+    def _insert_new(self, conn: Connection, table: Table, key: Column, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert ``rows`` whose ``key`` is not taken yet, in one statement; returns the keys
+        inserted. PostgreSQL: ``INSERT ... SELECT FROM unnest(arrays)``, one short statement
+        whatever the batch size (a multi-row VALUES is re-parsed by psycopg for every batch,
+        10 ms for 100 events here, and ``values(rows)`` re-compiled by SQLAlchemy, 30 ms).
+        SQLite: a list of rows with RETURNING, which SQLAlchemy sends as multi-row INSERTs
+        from a statement compiled once ("insertmanyvalues")."""
+        if not rows:
+            return set()
+        if self.dialect == "postgresql":
+            arrays = {c: [json.dumps(r[c]) if isinstance(table.c[c].type, JSON) else r[c] for r in rows]
+                      for c in rows[0]}
+            return set(conn.execute(_unnest_insert(table, key, tuple(rows[0])), arrays).scalars())
+        stmt = self._insert(table).on_conflict_do_nothing(index_elements=[key]).returning(key)
+        return set(conn.execute(stmt, rows).scalars())
 
     def add_exposures(self, slate_id: str, user: str, policy: str,
                       slots: Sequence[tuple[str, float, Sequence[str]]]) -> None:
@@ -299,10 +381,14 @@ class Store:
                  "candidates": list(cands), "policy": policy, "created_at": now}
                 for k, (item, p, cands) in enumerate(slots)])
 
-    def add_feedback(self, slate_id: str, item: str, reward: float) -> dict[str, Any] | None:
-        """Record the reward of an item shown in an explored slot, once per (slate, item).
-        Returns the exposure when the reward is new, None when it was already recorded; a
-        KeyError when the item was not shown in an explored slot of that slate."""
+    def add_feedback(self, slate_id: str, item: str, reward: float,
+                     segment: Callable[[Mapping[str, Any]], Hashable] = lambda _profile: None
+                     ) -> dict[str, Any] | None:
+        """Record the reward of an item shown in an explored slot, once per (slate, item), and
+        add it to the evidence of its arm (``segment`` of the user's profile, the item) in the
+        same transaction. Returns the exposure when the reward is new, None when it was
+        already recorded; a KeyError when the item was not shown in an explored slot of that
+        slate."""
         with self.writer.begin() as conn:
             shown = conn.execute(select(exposures).where(exposures.c.slate_id == slate_id,
                                                          exposures.c.item_id == item)).mappings().first()
@@ -311,7 +397,36 @@ class Store:
             result = conn.execute(self._insert(feedback).values(
                 slate_id=slate_id, item_id=item, reward=float(reward), stored_at=time.time())
                 .on_conflict_do_nothing(index_elements=[feedback.c.slate_id, feedback.c.item_id]))
-            return dict(shown) if result.rowcount else None
+            if not result.rowcount:
+                return None
+            profile = conn.execute(select(users.c.profile).where(users.c.id == shown["user_id"])).scalar()
+            rev, won = self._bump(conn, "evidence"), min(max(float(reward), 0.0), 1.0)
+            arm = {"segment": segment_text(segment(profile or {})), "item_id": item}
+            conn.execute(self._insert(evidence).values(**arm, trials=1.0, successes=won, rev=rev)
+                         .on_conflict_do_update(index_elements=[evidence.c.segment, evidence.c.item_id], set_={
+                             "trials": evidence.c.trials + 1.0, "successes": evidence.c.successes + won, "rev": rev}))
+            return dict(shown)
+
+    def evidence_since(self, rev: int) -> list[dict[str, Any]]:
+        """Exploration arms whose evidence changed after evidence revision ``rev`` (0: all)."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(evidence).where(evidence.c.rev > rev).order_by(evidence.c.rev))
+            return [dict(r) for r in rows.mappings()]
+
+    def publish_model(self, model_dir: str, version: str) -> int:
+        """Make ``model_dir`` (``version``) the model every replica serves; returns its
+        model revision."""
+        with self.writer.begin() as conn:
+            rev = self._bump(conn, "model")
+            conn.execute(models.insert().values(rev=rev, model_dir=model_dir, version=version,
+                                                published_at=time.time()))
+            return rev
+
+    def published_model(self) -> dict[str, Any] | None:
+        """The newest published model (rev, model_dir, version), or None."""
+        with self.reader.connect() as conn:
+            row = conn.execute(select(models).order_by(models.c.rev.desc()).limit(1)).mappings().first()
+        return None if row is None else dict(row)
 
     def bandit_log(self) -> list[dict[str, Any]]:
         """Every explored slot with its reward (0 when the client reported none), in the
@@ -332,8 +447,14 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def _bump_catalogue(self, conn: Connection) -> int:
-        conn.execute(update(revisions).where(revisions.c.name == "catalogue").values(value=revisions.c.value + 1))
-        return int(conn.execute(select(revisions.c.value).where(revisions.c.name == "catalogue")).scalar_one())
+        return self._bump(conn, "catalogue")
+
+    @staticmethod
+    def _bump(conn: Connection, name: str) -> int:
+        """Move revision ``name`` on by one; the row stays locked until the commit, so
+        revisions commit in the order they were taken."""
+        conn.execute(update(revisions).where(revisions.c.name == name).values(value=revisions.c.value + 1))
+        return int(conn.execute(select(revisions.c.value).where(revisions.c.name == name)).scalar_one())
 
     @staticmethod
     def _existing(conn: Connection, column: Column, values: Sequence[str]) -> set[str]:
@@ -354,14 +475,14 @@ class Store:
             row = conn.execute(select(items).where(items.c.id == item)).mappings().first()
         return None if row is None else dict(row)
 
-    def snapshot(self, user: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+    def snapshot(self, user: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, int]]:
         """One consistent read of a user's row, every event of theirs (in the order they
-        happened: ts, then the order stored) and the catalogue revision."""
+        happened: ts, then the order stored) and the revisions (catalogue, evidence, model)."""
         with self.reader.begin() as conn:
             row = conn.execute(_USER, {"user": user}).mappings().first()
             history = conn.execute(_HISTORY, {"user": user}).mappings().all()
-            rev = conn.execute(_CATALOGUE_REV).scalar_one()
-        return (None if row is None else dict(row)), [dict(r) for r in history], int(rev)
+            revs = {name: int(value) for name, value in conn.execute(_REVISIONS)}
+        return (None if row is None else dict(row)), [dict(r) for r in history], revs
 
     def history(self, user: str) -> list[dict[str, Any]]:
         return self.snapshot(user)[1]
@@ -383,6 +504,23 @@ class Store:
     def all_events(self) -> list[dict[str, Any]]:
         with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(select(events).order_by(events.c.seq)).mappings()]
+
+
+@functools.lru_cache(maxsize=16)
+def _unnest_insert(table: Table, key: Column, names: tuple[str, ...]) -> TextClause:
+    """PostgreSQL: insert one row per element of the parameter arrays named ``names``, those
+    whose ``key`` is taken left out, returning the keys inserted."""
+    arrays = ", ".join(f"CAST(:{n} AS {_pg_type(table.c[n])}[])" for n in names)
+    casts = ", ".join(f"CAST(v.{n} AS json)" if isinstance(table.c[n].type, JSON) else f"v.{n}" for n in names)
+    return text(f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {casts} FROM unnest({arrays}) "
+                f"AS v({', '.join(names)}) ON CONFLICT ({key.name}) DO NOTHING RETURNING {key.name}")
+
+
+def _pg_type(column: Column) -> str:
+    """The array element type a column's values travel as (JSON as its text)."""
+    if isinstance(column.type, JSON):
+        return "text"
+    return column.type.compile(dialect=postgresql.dialect())
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:
