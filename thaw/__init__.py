@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from thaw._version import __version__
+
 if TYPE_CHECKING:
     from thaw.data.loaders import load_dataset
     from thaw.data.schema import Interactions
@@ -21,8 +23,6 @@ if TYPE_CHECKING:
     from thaw.models.persist import load
     from thaw.registry import make_model, model_names
     from thaw.stack import Stack
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_dataset": "thaw.data.loaders",

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from thaw import __version__
+from thaw._version import __version__
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
