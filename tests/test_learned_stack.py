@@ -101,7 +101,7 @@ def test_a_learned_stack_round_trips_through_save_and_load(split, tmp_path, prot
     stack.set_task(protocol)
     stack.fit(split.train, validate=SplitValidator(split, protocol, (0, 3)))
     assert stack.learned[protocol]["kind"] == stacker
-    loaded = thaw.load(stack.save(tmp_path / "stack"))
+    loaded = thaw.load(thaw.save(stack, tmp_path / "stack"))
     items = np.arange(split.train.n_items)
     for k in (0, 2, 6):
         user = next(iter(split.test))

@@ -15,7 +15,6 @@ import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Self
 
 import numpy as np
@@ -136,7 +135,7 @@ class Recommender:
     epoch, a layer), so they must be at least 1 wherever a model has them; every other number
     a model takes may be 0 (and none may be negative or NaN)."""
     _transient: tuple[str, ...] = ()
-    """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
+    """Attributes ``thaw.save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
     fitted_on: tuple[int, int] | None = None
     """(users, items) of the data set the last ``fit`` saw; None before any fit. ``score`` and
     ``predict`` refuse a user or item index outside it (a service that adds items after the
@@ -202,14 +201,6 @@ class Recommender:
     def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Batch version of ``predict``, same contract as ``score_many``."""
         return [self.predict(c, i) for c, i in zip(contexts, items, strict=True)]
-
-    def save(self, path: str | Path) -> Path:
-        """Write the model into the folder ``path`` as JSON and safetensors (never a pickle);
-        ``thaw.load(path)`` reads it back. Raises ThawError, before writing anything, when an
-        attribute is neither data nor ``_transient``."""
-        from thaw.models.persist import save
-
-        return save(self, path)
 
     def _rebuild(self) -> None:
         """Re-create what is not data (torch modules, engines, feature spaces) from the restored
