@@ -152,8 +152,8 @@ def test_stack_table_is_the_band_table_alone(split):
 
 
 def test_out_of_fold_users_bring_their_source_history_on_cross_domain_data():
-    from thaw.data.synthetic import make_mapped_domains
     from thaw.transfer import cross_domain_split
+    from thaw.transfer.synthetic import make_mapped_domains
 
     pair = make_mapped_domains(n_users=120, n_source=40, n_target=30, seed=0)
     train = cross_domain_split(pair, 0.2, seed=0).train

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from thaw.data.schema import Dataset, Interactions
-from thaw.data.synthetic import make_mapped_domains
 from thaw.errors import DataError, ThawError
 from thaw.eval.episodes import episodes
 from thaw.eval.protocol import SplitValidator
@@ -28,6 +27,7 @@ from thaw.transfer.baselines import CollectiveMF, TargetOnly
 from thaw.transfer.emcdr import EMCDR
 from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.transfer.ptupcdr import PTUPCDR
+from thaw.transfer.synthetic import make_mapped_domains
 
 MODELS = ("tgt", "emcdr", "ptupcdr")
 
