@@ -15,6 +15,7 @@ import torch
 
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import DataError, ThawError
+from thaw.eval.cross_domain import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.eval.episodes import episodes
 from thaw.eval.protocol import SplitValidator
 from thaw.models.base import Context, Recommender
@@ -25,7 +26,6 @@ from thaw.transfer import cross_domain_split, from_files, genre_domains, permute
 from thaw.transfer.base import selection
 from thaw.transfer.baselines import CollectiveMF, TargetOnly
 from thaw.transfer.emcdr import EMCDR
-from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.transfer.ptupcdr import PTUPCDR
 from thaw.transfer.synthetic import make_mapped_domains
 

@@ -691,8 +691,8 @@ def fit(
     if not 0 < val_frac < 1:
         raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
                         "the models' settings and the stack's routes")
+    from thaw.eval.cross_domain import TRANSFER_MEMBERS
     from thaw.transfer.data import BUILT_IN
-    from thaw.transfer.evaluate import TRANSFER_MEMBERS
 
     two_domains = dataset in BUILT_IN  # a cross-domain pair: the stack gets the transfer members
     name = _model_list(model, two_domains)[0]
