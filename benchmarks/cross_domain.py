@@ -28,10 +28,7 @@ import warnings
 
 import pandas as pd
 
-from thaw.eval.protocol import DegenerateResultWarning
-from thaw.eval.statistics import compare
-from thaw.transfer import cross_domain_split, load_cross_domain, permuted_source
-from thaw.transfer.evaluate import (
+from thaw.eval.cross_domain import (
     BASELINE,
     HEADLINES,
     POOLED,
@@ -39,6 +36,9 @@ from thaw.transfer.evaluate import (
     NegativeTransferWarning,
     evaluate_transfer,
 )
+from thaw.eval.protocol import DegenerateResultWarning
+from thaw.eval.statistics import compare
+from thaw.transfer import cross_domain_split, load_cross_domain, permuted_source
 
 ORDER = ("random", "pop", "segment-pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")
 SUMMARY_MODELS = ("random", "pop", "tgt", "cmf", "emcdr", "ptupcdr", "stack")  # K-stratified rows

@@ -54,11 +54,11 @@ import torch
 from thaw.data.loaders import load_dataset
 from thaw.data.schema import Dataset, Interactions
 from thaw.data.splits import Split, chronological_order, make_split
-from thaw.eval.episodes import Episode, episode_metrics, episodes, model_outputs
+from thaw.eval.episodes import episode_metrics, episodes
 from thaw.eval.protocol import DegenerateResultWarning, EvalResult, SplitValidator, evaluate
 from thaw.eval.report import format_tables
 from thaw.eval.statistics import compare, paired_p, summarise
-from thaw.models.base import Context, Recommender, train_epochs
+from thaw.models.base import Context, Episode, Recommender, model_outputs, train_epochs
 
 SEQUENCE_PEERS = ("GRU4Rec", "SASRec", "BERT4Rec")
 GENERAL_PEERS = ("Pop", "BPR", "LightGCN")

@@ -40,6 +40,7 @@ def fit_synthetic(folder: Path) -> Path:
     from thaw.data.splits import make_split
     from thaw.data.synthetic import make_synthetic
     from thaw.eval.protocol import SplitValidator
+    from thaw.persist import save
     from thaw.registry import make_model
     from thaw.stack import Stack
 
@@ -50,7 +51,7 @@ def fit_synthetic(folder: Path) -> Path:
     stack.set_task("next-item")
     stack.fit(split.train, validate=SplitValidator(split, "next-item"))
     stack.dataset = split.train
-    return stack.save(folder)
+    return save(stack, folder)
 
 
 def open_service(model_arg: Path, name: str) -> tuple:

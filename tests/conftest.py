@@ -42,6 +42,7 @@ def tiny_stack(tmp_path_factory):
     """The service tests' model (tests/test_serve*.py): a stack fitted and saved as `thaw fit`
     does (validation users only choose routes)."""
     from thaw.eval.protocol import SplitValidator
+    from thaw.persist import save
     from thaw.registry import make_model
     from thaw.stack import Stack
 
@@ -52,4 +53,4 @@ def tiny_stack(tmp_path_factory):
     stack.set_task("next-item")
     stack.fit(split.train, validate=SplitValidator(split, "next-item"))
     stack.dataset = split.train
-    return stack.save(tmp_path_factory.mktemp("serve") / "stack")
+    return save(stack, tmp_path_factory.mktemp("serve") / "stack")

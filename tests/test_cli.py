@@ -126,7 +126,7 @@ def test_fit_recommend_and_explain_a_stack(ratings_csv, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "band" in done.stdout and (model_dir / "model.json").is_file()
     # Every user's interactions go with the model (validation users' too, for `thaw retrain`).
-    from thaw.models.persist import load
+    from thaw.persist import load
 
     assert len(load(model_dir).dataset.interactions) == len(pd.read_csv(ratings_csv))
     explained = thaw("stack", "explain", str(model_dir))

@@ -530,12 +530,13 @@ def test_the_python_api_names_a_bad_index_context_or_unfitted_model():
 @pytest.fixture(scope="module")
 def segment_pop_dir(tmp_path_factory):
     """A segment-pop model saved with its data set, as `thaw fit` saves it (fitted in a blink)."""
+    from thaw.persist import save
     from thaw.registry import make_model
 
     data = make_synthetic(n_users=60, n_items=30, seed=1)
     model = make_model("segment-pop", smoothing=1.0).fit(data)
     model.dataset = data
-    return model.save(tmp_path_factory.mktemp("model") / "segment-pop")
+    return save(model, tmp_path_factory.mktemp("model") / "segment-pop")
 
 
 def test_a_profile_value_no_user_has_is_named_and_its_case_is_mended(thaw_main, segment_pop_dir):
@@ -555,6 +556,7 @@ def test_a_profile_value_no_user_has_is_named_and_its_case_is_mended(thaw_main, 
 def test_history_items_with_commas_can_be_given(thaw_main, tmp_path):
     import dataclasses
 
+    from thaw.persist import save
     from thaw.registry import make_model
 
     data = make_synthetic(n_users=60, n_items=30, seed=1)
@@ -563,7 +565,7 @@ def test_history_items_with_commas_can_be_given(thaw_main, tmp_path):
     data = dataclasses.replace(data, item_ids=ids)
     model = make_model("pop").fit(data)
     model.dataset = data
-    path = model.save(tmp_path / "pop")
+    path = save(model, tmp_path / "pop")
     top_all = thaw_main("recommend", path, "-n", "30")[1]
     assert "Godfather, The (1972)" in top_all
     code, out, err = thaw_main("recommend", path, "--history", "Godfather, The (1972)", "--history", "i3,i4",
@@ -595,6 +597,7 @@ def test_one_item_is_an_error_and_negative_ratings_are_named(thaw_main, ratings_
 def test_fit_out_is_checked_as_evaluate_out_is_and_its_files_share_one_mode(thaw_main, ratings_csv, tmp_path):
     import stat
 
+    from thaw.persist import save
     from thaw.registry import make_model
 
     fit = ["fit", "--model", "pop", "--dataset", ratings_csv]
@@ -615,7 +618,7 @@ def test_fit_out_is_checked_as_evaluate_out_is_and_its_files_share_one_mode(thaw
     (out / "notes.txt").write_text("mine")
     code, _, err = thaw_main(*fit, "--seed", "1", "--out", out, "--overwrite")
     assert code == 2 and "notes.txt" in err
-    by_hand = make_model("pop").fit(make_synthetic(n_users=20, n_items=10, seed=0)).save(tmp_path / "by-hand")
+    by_hand = save(make_model("pop").fit(make_synthetic(n_users=20, n_items=10, seed=0)), tmp_path / "by-hand")
     code, _, err = thaw_main(*fit, "--out", by_hand)
     assert code == 2 and "(a command it did not record)" in err
 
@@ -629,7 +632,7 @@ def test_a_model_folder_changed_after_its_save_is_refused_at_load(tmp_path):
     from thaw.registry import make_model
 
     model = make_model("mf", iterations=2, dim=4).fit(make_synthetic(n_users=30, n_items=20, seed=0))
-    saved = model.save(tmp_path / "saved")
+    saved = thaw.save(model, tmp_path / "saved")
     tensors = load_file(str(saved / "tensors.safetensors"))
     state = json.loads((saved / "model.json").read_text())
 

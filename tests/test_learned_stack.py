@@ -157,7 +157,7 @@ def test_a_learned_stack_round_trips_through_save_and_load(split, tmp_path, prot
     stack.set_task(protocol)
     stack.fit(split.train, validate=SplitValidator(split, protocol, (0, 3)))
     assert stack.learned[protocol]["kind"] == stacker
-    loaded = thaw.load(stack.save(tmp_path / "stack"))
+    loaded = thaw.load(thaw.save(stack, tmp_path / "stack"))
     items = np.arange(split.train.n_items)
     for k in (0, 2, 6):
         user = next(iter(split.test))
@@ -208,8 +208,8 @@ def test_stack_table_is_the_band_table_alone(split):
 
 
 def test_out_of_fold_users_bring_their_source_history_on_cross_domain_data():
-    from thaw.data.synthetic import make_mapped_domains
     from thaw.transfer import cross_domain_split
+    from thaw.transfer.synthetic import make_mapped_domains
 
     pair = make_mapped_domains(n_users=120, n_source=40, n_target=30, seed=0)
     train = cross_domain_split(pair, 0.2, seed=0).train

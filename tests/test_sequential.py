@@ -226,8 +226,9 @@ def test_side_features_score_new_items_and_survive_save_and_load(tmp_path):
     table = model.net.table().detach().numpy()
     assert not model.net.items.weight[unseen + 1].any()
     assert np.allclose(table[unseen + 1], model.net.describe.weight.detach().numpy() @ model.item_side[unseen + 1])
-    model.save(tmp_path / "m")
-    from thaw.models.persist import load
+    from thaw.persist import load, save
+
+    save(model, tmp_path / "m")
 
     assert np.array_equal(load(tmp_path / "m").score(ctx, np.arange(30)), scores)
 

@@ -295,7 +295,7 @@ def test_serve_refuses_an_open_api_off_loopback(tiny_stack, tmp_path, monkeypatc
 
 
 def test_admin_reload_swaps_the_model_between_requests(tiny_stack, service, tmp_path):
-    from thaw.models.persist import load
+    from thaw.persist import load, save
     from thaw.serve.auth import Auth, parse_tokens
 
     admin, writer = "a" * 20, "w" * 20
@@ -306,7 +306,7 @@ def test_admin_reload_swaps_the_model_between_requests(tiny_stack, service, tmp_
     refit.learned = {}  # the band table answers, and its first row now names pop
     refit.tables["next-item"][0] = {**refit.tables["next-item"][0], "members": ["pop"], "weights": [1.0],
                                     "threshold": None}
-    refit.save(tmp_path / "refit")
+    save(refit, tmp_path / "refit")
     assert c.post("/v1/admin/reload", json={"model_dir": str(tmp_path / "refit")},
                   headers={"Authorization": f"Bearer {writer}"}).status_code == 403
     out = c.post("/v1/admin/reload", json={"model_dir": str(tmp_path / "refit")}, headers=head)
@@ -426,6 +426,7 @@ def test_a_profile_value_that_is_not_a_number_where_the_data_has_numbers_is_a_42
 
 def test_admin_reload_refuses_a_model_fitted_on_another_catalogue(client, tmp_path):
     from thaw.data.synthetic import make_synthetic
+    from thaw.persist import save
     from thaw.registry import make_model
 
     for n_items, message in ((20, "40 items of the model it would replace are not among its items"),
@@ -433,7 +434,7 @@ def test_admin_reload_refuses_a_model_fitted_on_another_catalogue(client, tmp_pa
         foreign = make_synthetic(n_users=30, n_items=n_items, seed=5)
         model = make_model("pop").fit(foreign)
         model.dataset = foreign
-        model.save(tmp_path / str(n_items))
+        save(model, tmp_path / str(n_items))
         before = client.get("/v1/users/r/recommendations").json()["model_version"]
         response = client.post("/v1/admin/reload", json={"model_dir": str(tmp_path / str(n_items))})
         assert response.status_code == 422 and message in response.text, response.text

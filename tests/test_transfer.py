@@ -14,20 +14,20 @@ import pytest
 import torch
 
 from thaw.data.schema import Dataset, Interactions
-from thaw.data.synthetic import make_mapped_domains
 from thaw.errors import DataError, ThawError
+from thaw.eval.cross_domain import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.eval.episodes import episodes
 from thaw.eval.protocol import SplitValidator
 from thaw.models.base import Context, Recommender
 from thaw.models.baselines import Popularity
-from thaw.models.persist import load
+from thaw.persist import load, save
 from thaw.stack.router import SOURCE_ROW, episode_value
 from thaw.transfer import cross_domain_split, from_files, genre_domains, permuted_source
 from thaw.transfer.base import selection
 from thaw.transfer.baselines import CollectiveMF, TargetOnly
 from thaw.transfer.emcdr import EMCDR
-from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer, pooled_errors, transfer_stack
 from thaw.transfer.ptupcdr import PTUPCDR
+from thaw.transfer.synthetic import make_mapped_domains
 
 MODELS = ("tgt", "emcdr", "ptupcdr")
 
@@ -173,7 +173,7 @@ def test_saved_transfer_models_load_and_answer_alike(planted, tmp_path):
     items = np.arange(15)
     for model in (EMCDR(epochs=2, seed=0), PTUPCDR(epochs=1, seed=0), CollectiveMF(seed=0)):
         model.fit(split.train)
-        back = load(model.save(tmp_path / model.name))
+        back = load(save(model, tmp_path / model.name))
         assert np.allclose(back.predict(ctx, items), model.predict(ctx, items))
         assert np.allclose(back.score(ctx, items), model.score(ctx, items))
 
@@ -285,7 +285,7 @@ def test_the_service_serves_transfer_from_an_inline_source_history(pair, tmp_pat
     stack.dataset = split.train
     store = Store(f"sqlite:///{tmp_path / 'thaw.db'}")
     store.init()
-    service = Service(stack.save(tmp_path / "stack"), store)
+    service = Service(save(stack, tmp_path / "stack"), store)
     client = TestClient(create_app(service))
     source = split.train.source_domain
     rows = source.interactions.take(source.interactions.user == 0)

@@ -3,7 +3,7 @@
 The public API, imported on first use (``import thaw`` stays light; the models pull in torch):
 
 - data: ``load_dataset``, ``make_split``, ``Interactions``
-- models: ``Context``, ``make_model``, ``model_names``, ``Stack``, ``load`` (a saved model)
+- models: ``Context``, ``make_model``, ``model_names``, ``Stack``, ``save`` and ``load`` (a model's folder)
 - evaluation: ``evaluate``
 """
 
@@ -12,17 +12,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from thaw._version import __version__
+
 if TYPE_CHECKING:
     from thaw.data.loaders import load_dataset
     from thaw.data.schema import Interactions
     from thaw.data.splits import make_split
     from thaw.eval.protocol import evaluate
     from thaw.models.base import Context
-    from thaw.models.persist import load
+    from thaw.persist import load, save
     from thaw.registry import make_model, model_names
     from thaw.stack import Stack
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_dataset": "thaw.data.loaders",
@@ -32,11 +32,12 @@ _EXPORTS = {
     "make_model": "thaw.registry",
     "model_names": "thaw.registry",
     "Stack": "thaw.stack",
-    "load": "thaw.models.persist",
+    "save": "thaw.persist",
+    "load": "thaw.persist",
     "evaluate": "thaw.eval.protocol",
 }
 __all__ = ["Context", "Interactions", "Stack", "__version__", "evaluate", "load", "load_dataset",
-           "make_model", "make_split", "model_names"]
+           "make_model", "make_split", "model_names", "save"]
 
 
 def __getattr__(name: str) -> Any:

@@ -352,7 +352,7 @@ def _check_out(out: Path, settings: Mapping[str, Any], overwrite: bool,
     if not out.is_dir() or not any(out.iterdir()):
         return None
     if kind == "model":
-        from thaw.models.persist import read_meta, saved_names
+        from thaw.persist import read_meta, saved_names
 
         meta = read_meta(out)
         record = {} if meta is None else meta.get("provenance", {})
@@ -682,7 +682,7 @@ def fit(
     from thaw.data.splits import make_split
     from thaw.eval.episodes import PROTOCOLS
     from thaw.eval.protocol import SplitValidator
-    from thaw.models import persist
+    from thaw.persist import save
     from thaw.registry import make_model
     from thaw.stack.router import DEFAULT_MEMBERS
 
@@ -691,8 +691,8 @@ def fit(
     if not 0 < val_frac < 1:
         raise ThawError("--val-frac must be a fraction between 0 and 1: validation users choose "
                         "the models' settings and the stack's routes")
+    from thaw.eval.cross_domain import TRANSFER_MEMBERS
     from thaw.transfer.data import BUILT_IN
-    from thaw.transfer.evaluate import TRANSFER_MEMBERS
 
     two_domains = dataset in BUILT_IN  # a cross-domain pair: the stack gets the transfer members
     name = _model_list(model, two_domains)[0]
@@ -732,7 +732,7 @@ def fit(
 
     if not distributed.is_main():
         return
-    path = persist.save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
+    path = save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
     if name in STACKS:
         typer.echo(the_model.explain())
     typer.echo(f"saved {name} to {path}")
@@ -750,7 +750,7 @@ def recommend(
     import numpy as np
 
     from thaw.models.base import Context, top_n
-    from thaw.models.persist import load
+    from thaw.persist import load
 
     if n < 1:
         raise ThawError("-n must be at least 1")
@@ -839,7 +839,7 @@ app.add_typer(stack_app, name="stack")
 @stack_app.command("explain")
 def stack_explain(model_dir: Annotated[Path, typer.Argument(help="A folder written by `thaw fit --model stack`.")]) -> None:
     """Print the routing table a stack learned: band, choice, weights, validation metrics."""
-    from thaw.models.persist import load
+    from thaw.persist import load
 
     model = load(model_dir)
     if not hasattr(model, "explain"):

@@ -3,8 +3,9 @@
 
 A plain table: each name with the module and class that implement it, and a class carries its
 registry name as its ``name`` attribute. Adding a model means adding its line to ``WHERE``.
-It sits above thaw/models, thaw/meta and thaw/stack because it imports from all three, on
-first use only.
+It stands on the models' floor (README, "Layout"): it imports thaw/models/base.py alone, and
+the classes of the floors above (thaw/meta, thaw/transfer, thaw/stack) by their dotted names,
+on first use only, so the stack may make its members by name.
 """
 
 from __future__ import annotations

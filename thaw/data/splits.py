@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thaw.data.loaders import check_rating_scale, first_occurrences, read_feature_table
+from thaw.data.io.columns import check_rating_scale, first_occurrences
+from thaw.data.loaders import read_feature_table
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import DataError, ThawError, option
 

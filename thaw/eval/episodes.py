@@ -1,40 +1,29 @@
 """Episodes: what the protocol tells a model about one held-out user at one K, and what it
 reads back (its outputs and their per-episode metrics).
 
-Apart from the orchestration (thaw/eval/protocol.py), because the stack's fit, the validator
-and the out-of-fold fits all build and score episodes the same way.
+Apart from the orchestration (thaw/eval/protocol.py), because the validator and the
+out-of-fold fits build and score episodes the same way. The Episode record itself, and how a
+model's outputs and confidences are read from one, belong to the model contract
+(thaw/models/base.py): a model that learns from other models' outputs reads them too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from thaw.data.splits import Split
 from thaw.errors import ThawError
 from thaw.eval.metrics import graded_ndcg, ranking_metrics, rating_errors, target_rank
-from thaw.models.base import Context, Recommender
+from thaw.models.base import Context, Episode, Recommender, model_outputs
 
 PROTOCOLS = ("next-item", "rating")
 METRICS = {
     "next-item": ("hit@1", "hit@10", "ndcg@10", "mrr", "auc"),
     "rating": ("mae", "rmse", "ndcg@3", "ndcg@10"),
 }
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One held-out user at one K: what the model is told, what it must rank, the truth."""
-
-    user: int
-    k: int
-    context: Context
-    candidates: np.ndarray
-    """next-item: the target first, then the negatives; rating: the query items."""
-    truth: np.ndarray
-    """rating protocol: the query's true ratings; next-item: empty."""
 
 
 def episodes(split: Split, part: str, k: int, protocol: str, *, max_k: int,
@@ -83,17 +72,6 @@ def check_protocol(protocol: str, candidates: str) -> None:
         raise ThawError("candidates must be 'sampled' (target + 100 negatives) or 'full'")
 
 
-def model_outputs(model: Recommender, eps: Sequence[Episode], protocol: str) -> list[np.ndarray]:
-    """What the protocol reads from a model for each episode: predicted ratings under the
-    rating protocol (where the model predicts them), scores otherwise."""
-    if not eps:
-        return []
-    rates = protocol == "rating" and model.predicts_ratings
-    call = model.predict_many if rates else model.score_many
-    outputs = call([e.context for e in eps], [e.candidates for e in eps])
-    return [np.asarray(o, dtype=np.float64) for o in outputs]
-
-
 def score_episodes(model: Recommender, eps: Sequence[Episode], protocol: str,
                    cutoffs: Sequence[int] = (1, 10)) -> tuple[list[dict[str, float]], dict[str, int]]:
     """Per-episode metrics (next-item: Hit@N and NDCG@N at each cutoff N, MRR, AUC), plus
@@ -124,14 +102,6 @@ def episode_metrics(name: str, eps: Sequence[Episode], outputs: Sequence[np.ndar
             row["ndcg@10"] = graded_ndcg(s, ep.truth, 10)
             rows.append(row)
     return rows, flags
-
-
-def model_confidences(model: Recommender, eps: Sequence[Episode],
-                      outputs: Sequence[np.ndarray]) -> np.ndarray:
-    """The model's ``confidence`` on each episode's outputs (what the stack's breaker reads)."""
-    return np.array([model.confidence(e.context, o) for e, o in zip(eps, outputs, strict=True)],
-                    dtype=np.float64)
-
 
 
 def fold_episodes(split: Split, ks: Sequence[int], protocol: str, floor: int) -> list[Episode]:

@@ -23,19 +23,20 @@ from thaw import errors
 from thaw.data.schema import Dataset
 from thaw.data.splits import Split, item_folds, user_folds
 from thaw.errors import ThawError
-from thaw.eval.episodes import (
-    Episode,
-    check_protocol,
-    episode_metrics,
-    episodes,
-    fold_episodes,
-    model_confidences,
-    model_outputs,
-    score_episodes,
-)
+from thaw.eval.episodes import check_protocol, episode_metrics, episodes, fold_episodes, score_episodes
 from thaw.eval.statistics import compare, degenerate_results, item_strata_table, summarise
 from thaw.eval.workers import run_jobs
-from thaw.models.base import ModelSelectionSkipped, Recommender, selection_skipped_message
+from thaw.models.base import (
+    Episode,
+    LearnsFromOutputs,
+    MemberOutputs,
+    ModelSelectionSkipped,
+    OutOfFold,
+    Recommender,
+    model_confidences,
+    model_outputs,
+    selection_skipped_message,
+)
 
 DEFAULT_KS = (0, 1, 3, 5, 10)
 
@@ -78,6 +79,14 @@ class SplitValidator:
         floor = max(self.ks)
         return [e for k in ks for e in episodes(self.split, "val", k, self.protocol,
                                                   max_k=max(k, floor))]
+
+    def out_of_fold(self, models: Mapping[str, Recommender], data: Dataset, protocol: str, folds: int,
+                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False) -> OutOfFold:
+        """``out_of_fold`` with this validator choosing the fold fits' settings, on users with
+        more interactions than the evaluation's largest K (as its own episodes), in folds of
+        items where the split holds items out (``folds_for``)."""
+        return out_of_fold(models, data, self, protocol, folds, ks, max(self.ks), seed, jobs=jobs,
+                           progress=progress, by=folds_for(self.split.kind), item_strata=self.split.item_strata)
 
     def __call__(self, model: Recommender) -> float:
         if not self.episodes:  # models ask ``empty`` first; NaN here is never a choice
@@ -143,10 +152,10 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     test_eps = {k: episodes(split, "test", k, protocol, max_k=max(ks), candidates=candidates)
                 for k in ks}
     users_note = _check_test_users(split, len(test_eps[ks[0]]), max(ks), min_users)
-    # A stack whose members are all in this evaluation is learned from their outputs here,
-    # so no member is fitted twice.
-    stacks = {name: m for name, m in models.items() if fit and getattr(m, "learns_from_outputs", False)
-              and all(member in models for member in m.members)}
+    # A model that learns from outputs (the stack) whose members are all in this evaluation is
+    # learned from their outputs here, so no member is fitted twice.
+    stacks = {name: m for name, m in models.items() if fit and isinstance(m, LearnsFromOutputs)
+              and all(member in models for member in m.member_names())}
     val_ks = sorted({k for st in stacks.values() for k in st.validation_ks})
     # One validator for every model: an empty one warns here, once, not once per model.
     validator = SplitValidator(split, protocol, ks)
@@ -155,7 +164,7 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
         warnings.warn(note, ModelSelectionSkipped, stacklevel=2)
         validator.warned = True
     stack_val_eps = validator.episodes_at(val_ks) if stacks else []
-    collect = frozenset(member for st in stacks.values() for member in st.members)
+    collect = frozenset(member for st in stacks.values() for member in st.member_names())
     # Unfitted copies of the members, for the stacks' out-of-fold fits (fitting in this
     # process, with jobs=1, would otherwise hand the folds fitted models).
     specs = {m: copy.deepcopy(models[m]) for m in collect if m in models}
@@ -165,10 +174,9 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
     outcomes = run_jobs(job, fitted, jobs, expected_seconds or {}, f"evaluate ({protocol})", progress)
     stack_meta = {}
     for name, st in stacks.items():
-        oof = _stack_out_of_fold(st, specs, split, protocol, validator, stack_val_eps, outcomes, ks, jobs,
-                                 progress)
-        outcomes[name], stack_meta[name] = _stack_from_outputs(name, st, split, protocol, ks, test_eps,
-                                                              stack_val_eps, outcomes, tuple(cutoffs), oof)
+        outcomes[name], stack_meta[name] = _learn_from_outputs(name, st, specs, split, protocol, ks, test_eps,
+                                                               stack_val_eps, outcomes, tuple(cutoffs),
+                                                               validator, jobs, progress)
     per_user_rows, timing_rows, notes = [], [], []
     for name in models:  # the caller's order, whatever order the workers finished in
         rows, timing, model_notes, _ = outcomes[name]
@@ -290,86 +298,49 @@ def _rows_and_notes(name: str, test_eps: Mapping[int, Sequence[Episode]],
 
 
 
-def _stack_out_of_fold(stack: Any, specs: Mapping[str, Recommender], split: Split, protocol: str,
-                       validator: SplitValidator, val_eps: list[Episode], outcomes: Mapping[str, tuple],
-                       ks: tuple[int, ...], jobs: int, progress: bool) -> OutOfFold | None:
-    """The out-of-fold episodes a learned stack is fitted on: its chosen members (the best on
-    validation users, from the fits just made) refitted on folds of the training users."""
-    if stack.stacker == "table":
-        return None
-    stack.set_task(protocol)
-    keep = [i for i, e in enumerate(val_eps) if e.k in set(stack.validation_ks)]
-    if not keep:
-        return None
-    outputs = {m: [outcomes[m][3]["val"][i] for i in keep] for m in stack.members}
-    chosen = stack.choose_learned([val_eps[i] for i in keep], outputs)
-    return out_of_fold({m: specs[m] for m in chosen}, split.train, validator, protocol, stack.folds,
-                       stack.validation_ks, max(ks), stack.seed, jobs=jobs, progress=progress,
-                       by=folds_for(split.kind), item_strata=split.item_strata)
+def _learn_from_outputs(name: str, model: LearnsFromOutputs, specs: Mapping[str, Recommender], split: Split,
+                        protocol: str, ks: tuple[int, ...], test_eps: dict[int, list[Episode]],
+                        val_eps: list[Episode], outcomes: Mapping[str, tuple], cutoffs: tuple[int, ...],
+                        validator: SplitValidator, jobs: int, progress: bool) -> tuple[tuple, dict]:
+    """Learn a model from its members' validation outputs (and the out-of-fold outputs it asks
+    for, refitted from the unfitted ``specs``) and score it from their test outputs (the
+    answers its own ``score`` gives, so the numbers are those of a fitted model). Its fit
+    seconds include the out-of-fold fits."""
+    model.set_task(protocol)
+    collected = {m: outcomes[m][3] for m in model.member_names()}
 
+    def outputs(eps: list[Episode], part: str, k: int | None = None) -> MemberOutputs:
+        def pick(c: Mapping[str, Any], key: str) -> Any:
+            return c[key] if k is None else c[key][k]
 
-def _stack_from_outputs(name: str, stack: Any, split: Split, protocol: str, ks: tuple[int, ...],
-                        test_eps: dict[int, list[Episode]], val_eps: list[Episode],
-                        outcomes: Mapping[str, tuple], cutoffs: tuple[int, ...],
-                        oof: OutOfFold | None = None) -> tuple[tuple, dict]:
-    """Learn a stack from its members' validation outputs (and out-of-fold episodes) and score
-    it from their test outputs (the same ``combine`` its own ``score`` runs, so the numbers are
-    those of a fitted stack). Its fit seconds include the out-of-fold fits."""
+        return MemberOutputs(eps, {m: pick(c, part) for m, c in collected.items()},
+                             {m: pick(c, f"{part}_confidence") for m, c in collected.items()})
+
+    val = outputs(val_eps, "val").at(model.validation_ks)
+    oof = model.out_of_fold(split.train, validator, val, specs, jobs=jobs, progress=progress)
     start = time.perf_counter()
-    stack.set_task(protocol)
-    keep = [i for i, e in enumerate(val_eps) if e.k in set(stack.validation_ks)]
-    collected = {m: outcomes[m][3] for m in stack.members}
-    stack.learn(split.train, [val_eps[i] for i in keep],
-                {m: [c["val"][i] for i in keep] for m, c in collected.items()},
-                {m: c["val_confidence"][keep] for m, c in collected.items()}, oof)
+    model.learn_from_outputs(split.train, val, oof)
     fit_seconds = time.perf_counter() - start + (oof.seconds if oof is not None else 0.0)
     start = time.perf_counter()
-    rates = protocol == "rating" and stack.predicts_ratings
+    rates = protocol == "rating" and model.predicts_ratings
 
     def answer() -> tuple[dict[int, list[np.ndarray]], dict[int, float]]:
         answers, trips = {}, {}
         for k in ks:
-            answers[k], tripped = stack.combine_outputs(
-                protocol, test_eps[k], {m: c["test"][k] for m, c in collected.items()},
-                {m: c["test_confidence"][k] for m, c in collected.items()})
-            trips[k] = float(np.mean(tripped)) if tripped else 0.0
+            answers[k], fell_back = model.answer_outputs(protocol, outputs(test_eps[k], "test", k))
+            trips[k] = float(np.mean(fell_back)) if fell_back else 0.0
         return answers, trips
 
     answers, trips = answer()
     rows_out, notes = _rows_and_notes(name, test_eps, answers, protocol, rates, cutoffs)
-    # The learner validation did not choose is reported beside it, as "<stack>:<learner>".
-    chosen = stack.learned.get(protocol, {}).get("kind")
-    fitted_learners = stack.learned.get(protocol, {}).get("validation", {})
-    for other in [k for k in fitted_learners if k != chosen]:
-        with stack.answering_with(protocol, other):
+    # The alternatives validation did not choose are reported beside it, as "<name>:<alternative>".
+    for other in model.alternatives(protocol):
+        with model.answering_with(protocol, other):
             other_answers, _ = answer()
         rows, _ = _rows_and_notes(f"{name}:{other}", test_eps, other_answers, protocol, rates, cutoffs)
         rows_out += rows
-    meta = {"members": list(stack.members), "table": stack.tables[protocol],
-            "learned": {k: v for k, v in stack.learned.get(protocol, {}).items()
-                        if k in ("kind", "members", "validation", "summary", "oof_episodes", "folds")},
-            "item_weights": stack.item_weights[protocol], "item_bands": stack.item_bands,
-            "trip_share": trips, "explain": stack.explain()}
+    meta = {**model.learned_record(protocol), "trip_share": trips}
     return (rows_out, (name, fit_seconds, time.perf_counter() - start), notes, {}), meta
-
-
-@dataclass
-class OutOfFold:
-    """Members' outputs on training users scored by fits that never saw them: each fold's
-    users as cold users at every K, by member copies fitted on the other folds."""
-
-    episodes: list[Episode]
-    outputs: dict[str, list[np.ndarray]]
-    confidences: dict[str, np.ndarray]
-    fold: np.ndarray
-    """The fold of each episode's user (the fit that scored it left that fold out)."""
-    seconds: float
-    """Fit and score seconds of every fold job, added up."""
-    item_counts: list[np.ndarray] = field(default_factory=list)
-    """Each episode's items' training interactions in its fold's training data."""
-    by: str = "users"
-    """What the folds hold out: "users" (new users) or "items" (new items, known users)."""
-
 
 
 @dataclass(frozen=True)

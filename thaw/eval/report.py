@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from thaw import __version__
+from thaw._version import __version__
 from thaw.errors import ThawError
 from thaw.eval.episodes import METRICS
 from thaw.eval.glance import BASELINES, HEADLINE, glance_html, heat_colour, highlight

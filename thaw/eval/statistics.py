@@ -15,8 +15,8 @@ from scipy import stats
 
 from thaw.data.splits import Split, item_stratum
 from thaw.errors import ThawError
-from thaw.eval.episodes import Episode
 from thaw.eval.metrics import LOWER_IS_BETTER, bootstrap_interval
+from thaw.models.base import Episode
 
 
 def summarise(per_user: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 Every method answers one question: given what we know about this user right now (a Context),
 how much will they like each of these items? A model is fitted once on warm users; a cold user
 arrives at score time with K support interactions in ``ctx.history``. Because of this the
-evaluation protocol, the router and the service need no special case per method.
+evaluation protocol, the router and the service need no special case per method. A model made
+of other models (the stack) learns from what they answer through ``LearnsFromOutputs`` (at the
+end), so the evaluation can hand it outputs it has already without knowing the stack.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import copy
 import functools
 import numbers
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -52,6 +54,21 @@ class Context:
         if not isinstance(self.profile, Mapping):
             raise ThawError(f"Context.profile must be a mapping of field to value (empty: {{}}), got "
                             f"{type(self.profile).__name__}")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One held-out user at one K: what the model is told, what it must rank, the truth (the
+    evaluation makes them, thaw/eval/episodes.py; a model that learns from other models'
+    outputs learns from these)."""
+
+    user: int
+    k: int
+    context: Context
+    candidates: np.ndarray
+    """next-item: the target first, then the negatives; rating: the query items."""
+    truth: np.ndarray
+    """rating protocol: the query's true ratings; next-item: empty."""
 
 
 class Validator(Protocol):
@@ -136,7 +153,7 @@ class Recommender:
     epoch, a layer), so they must be at least 1 wherever a model has them; every other number
     a model takes may be 0 (and none may be negative or NaN)."""
     _transient: tuple[str, ...] = ()
-    """Attributes ``save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
+    """Attributes ``thaw.save`` leaves out (caches, objects ``_rebuild`` re-creates); they load as None."""
     fitted_on: tuple[int, int] | None = None
     """(users, items) of the data set the last ``fit`` saw; None before any fit. ``score`` and
     ``predict`` refuse a user or item index outside it (a service that adds items after the
@@ -202,14 +219,6 @@ class Recommender:
     def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Batch version of ``predict``, same contract as ``score_many``."""
         return [self.predict(c, i) for c, i in zip(contexts, items, strict=True)]
-
-    def save(self, path: str | Path) -> Path:
-        """Write the model into the folder ``path`` as JSON and safetensors (never a pickle);
-        ``thaw.load(path)`` reads it back. Raises ThawError, before writing anything, when an
-        attribute is neither data nor ``_transient``."""
-        from thaw.models.persist import save
-
-        return save(self, path)
 
     def _rebuild(self) -> None:
         """Re-create what is not data (torch modules, engines, feature spaces) from the restored
@@ -314,3 +323,132 @@ def top_n(model: Recommender, ctx: Context, items: np.ndarray, n: int) -> tuple[
     scores = np.where(np.isfinite(scores), scores, -np.inf)
     order = np.lexsort((items, -scores))[:max(n, 0)]
     return items[order], scores[order]
+
+
+# --- models learned from other models' outputs (the stack) ---------------------------------------
+
+def model_outputs(model: Recommender, eps: Sequence[Episode], protocol: str) -> list[np.ndarray]:
+    """What the protocol reads from a model for each episode: predicted ratings under the
+    rating protocol (where the model predicts them), scores otherwise."""
+    if not eps:
+        return []
+    rates = protocol == "rating" and model.predicts_ratings
+    call = model.predict_many if rates else model.score_many
+    outputs = call([e.context for e in eps], [e.candidates for e in eps])
+    return [np.asarray(o, dtype=np.float64) for o in outputs]
+
+
+def model_confidences(model: Recommender, eps: Sequence[Episode],
+                      outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The model's ``confidence`` on each episode's outputs (what the stack's breaker reads)."""
+    return np.array([model.confidence(e.context, o) for e, o in zip(eps, outputs, strict=True)],
+                    dtype=np.float64)
+
+
+@dataclass
+class MemberOutputs:
+    """What several models answered on the same episodes: per model, one output per episode
+    (``model_outputs``) and one confidence per episode (``model_confidences``)."""
+
+    episodes: list[Episode]
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    confidences: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: Mapping[str, Recommender], episodes: Sequence[Episode], protocol: str) -> MemberOutputs:
+        """Every model of ``models`` asked on ``episodes``."""
+        out = cls(list(episodes))
+        for name, model in models.items():
+            out.outputs[name] = model_outputs(model, out.episodes, protocol)
+            out.confidences[name] = model_confidences(model, out.episodes, out.outputs[name])
+        return out
+
+    def at(self, ks: Collection[int]) -> MemberOutputs:
+        """Only the episodes at a K of ``ks``, with their outputs and confidences."""
+        keep = [i for i, e in enumerate(self.episodes) if e.k in set(ks)]
+        return MemberOutputs([self.episodes[i] for i in keep],
+                             {m: [o[i] for i in keep] for m, o in self.outputs.items()},
+                             {m: c[keep] for m, c in self.confidences.items()})
+
+
+@dataclass
+class OutOfFold(MemberOutputs):
+    """Members' outputs on training users scored by fits that never saw them: each fold's
+    users as cold users at every K, by member copies fitted on the other folds."""
+
+    fold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """The fold of each episode's user (the fit that scored it left that fold out)."""
+    seconds: float = 0.0
+    """Fit and score seconds of every fold job, added up."""
+    item_counts: list[np.ndarray] = field(default_factory=list)
+    """Each episode's items' training interactions in its fold's training data."""
+    by: str = "users"
+    """What the folds hold out: "users" (new users) or "items" (new items, known users)."""
+
+
+@runtime_checkable
+class EpisodeValidator(Validator, Protocol):
+    """A validator that also hands out its episodes and refits models out of fold: what a
+    model that learns from outputs needs to fit itself (thaw/eval's SplitValidator is one)."""
+
+    def episodes_at(self, ks: Sequence[int]) -> list[Episode]:
+        """Validation episodes at each K of ``ks``."""
+        ...
+
+    def out_of_fold(self, models: Mapping[str, Recommender], data: Dataset, protocol: str, folds: int,
+                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False) -> OutOfFold:
+        """Copies of the unfitted ``models`` fitted on all folds but one of ``data``'s users
+        (``folds`` of them; of its items where the validator's requests rank new items), each
+        scoring its held-out fold at every K of ``ks``."""
+        ...
+
+
+class LearnsFromOutputs(ABC):
+    """A model made of other models (its members) that learns from what they answer.
+
+    Its own ``fit`` fits the members and asks them on the validator's episodes; an evaluation
+    that fits the members anyway hands their outputs over instead, so no member is fitted
+    twice: ``out_of_fold``, ``learn_from_outputs``, then ``answer_outputs`` on each test
+    episode. The evaluation knows it by this contract alone (thaw/eval/protocol.py).
+    """
+
+    validation_ks: Sequence[int]
+    """The K of the validation episodes it learns from (``EpisodeValidator.episodes_at``)."""
+
+    @abstractmethod
+    def member_names(self) -> list[str]:
+        """The members whose outputs it learns from and answers with."""
+
+    @abstractmethod
+    def out_of_fold(self, data: Dataset, validate: EpisodeValidator, outputs: MemberOutputs,
+                    unfitted: Mapping[str, Recommender], *, jobs: int = 1,
+                    progress: bool = False) -> OutOfFold | None:
+        """The out-of-fold outputs it learns from beside ``outputs`` (the members' on the
+        validation episodes): members of ``unfitted`` it chooses, refitted by ``validate`` on
+        folds of ``data``; None when it learns from validation episodes alone."""
+
+    @abstractmethod
+    def learn_from_outputs(self, data: Dataset, outputs: MemberOutputs, oof: OutOfFold | None = None) -> Self:
+        """Learn from the members' ``outputs`` on validation episodes (and ``oof``), with the
+        members already fitted on ``data``. Never sees a test user."""
+
+    @abstractmethod
+    def answer_outputs(self, task: str, outputs: MemberOutputs) -> tuple[list[np.ndarray], list[bool]]:
+        """Its answer on each episode of ``outputs`` from the members' outputs there (the
+        numbers its own ``score`` and ``predict`` give), and whether each fell back on its
+        fallback."""
+
+    def alternatives(self, task: str) -> list[str]:
+        """Other fitted ways to answer ``task`` than the one validation chose, which an
+        evaluation reports beside it (as "<name>:<alternative>"). Default: none."""
+        return []
+
+    def answering_with(self, task: str, alternative: str) -> contextlib.AbstractContextManager[None]:
+        """A block in which it answers ``task`` the ``alternative`` way (one of
+        ``alternatives``); a model that has alternatives implements it."""
+        raise ThawError(f"{type(self).__name__} has no alternative '{alternative}' to answer {task} with")
+
+    def learned_record(self, task: str) -> dict[str, Any]:
+        """What an evaluation records of what it learned for ``task`` (plain data, for
+        results.json and the report). Default: its members."""
+        return {"members": self.member_names()}

@@ -74,7 +74,7 @@ def retrain(db: str, model_dir: str | Path, out: str | Path, *, val_frac: float 
     """Refit the model in ``model_dir`` on its data plus the store's and save it to ``out``."""
     from thaw.data.splits import make_split
     from thaw.eval.protocol import SplitValidator
-    from thaw.models.persist import load
+    from thaw.persist import load, save
 
     model = load(model_dir)
     base = getattr(model, "dataset", None)
@@ -102,6 +102,6 @@ def retrain(db: str, model_dir: str | Path, out: str | Path, *, val_frac: float 
     # retrain then starts from the same place and reads the store's events again.
     model.dataset = data.with_interactions(data.interactions.take(slice(0, len(data.interactions) - from_store)),
                                            name=base.name)
-    path = model.save(out)
+    path = save(model, out)
     return {"path": path, "interactions": len(data.interactions), "from_store": from_store,
             "users": data.n_users, "items": data.n_items, "model": model}

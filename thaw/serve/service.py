@@ -152,7 +152,7 @@ class Service:
 
     def __init__(self, model_dir: str | Path, store: Store, *, cache_size: int = DEFAULT_CACHE,
                  metrics: Metrics | None = None) -> None:
-        from thaw.models.persist import MODEL_FILE, load
+        from thaw.persist import MODEL_FILE, load
 
         self.model_dir = Path(model_dir)
         self.store = store

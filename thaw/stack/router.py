@@ -29,7 +29,15 @@ import numpy as np
 from thaw.compute import one_thread
 from thaw.data.schema import Dataset
 from thaw.errors import ThawError
-from thaw.models.base import Context, Recommender, Validator
+from thaw.models.base import (
+    Context,
+    EpisodeValidator,
+    LearnsFromOutputs,
+    MemberOutputs,
+    OutOfFold,
+    Recommender,
+    Validator,
+)
 from thaw.stack import learned
 
 USER_BANDS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 1), (2, 3), (4, 5), (6, 10),
@@ -102,7 +110,7 @@ def simplex(n_members: int, step: float) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64) / units
 
 
-class Stack(Recommender):
+class Stack(Recommender, LearnsFromOutputs):
     """A Recommender made of others, routed by support size, with a popularity circuit breaker.
 
     ``members`` are names (made with ``seed`` and fitted by the stack) or Recommender
@@ -115,8 +123,6 @@ class Stack(Recommender):
 
     name = "stack"
     predicts_ratings = True
-    # Members of an evaluation that the stack can be learned from without fitting them again.
-    learns_from_outputs = True
     _transient = ("last_trips", "_models")
 
     def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
@@ -175,35 +181,42 @@ class Stack(Recommender):
         """Fit the members (unless handed fitted), learn the table on validation users, then
         (unless ``stacker='table'``) refit the chosen members on folds of ``data`` and learn the
         stacker from their out-of-fold episodes. Members handed fitted are copied and refitted
-        for the folds, so their ``fit`` must start afresh."""
-        from thaw.eval.episodes import model_confidences, model_outputs
-        from thaw.eval.protocol import folds_for, out_of_fold
-
+        for the folds, so their ``fit`` must start afresh. A validator that hands out no episodes
+        (not an EpisodeValidator) leaves the default routes."""
         specs = {name: copy.deepcopy(member) for name, member in self.members.items()}
         if not self.fitted_members:
             for member in self.members.values():
                 member.set_task(self.task)
                 member.fit(data, validate=validate)
-        episodes = validate.episodes_at(self.validation_ks) if hasattr(validate, "episodes_at") else []
-        outputs, confidences = {}, {}
-        for name, member in self.members.items():
-            outputs[name] = model_outputs(member, episodes, self.task)
-            confidences[name] = model_confidences(member, episodes, outputs[name])
-        oof = None
-        if self.stacker != "table" and episodes:
-            chosen = self.choose_learned(episodes, outputs)
-            floor = max(getattr(validate, "ks", (0,)))
-            split = getattr(validate, "split", None)
-            oof = out_of_fold({m: specs[m] for m in chosen}, data, validate, self.task, self.folds,
-                              self.validation_ks, floor, self.seed, jobs=self.jobs,
-                              by=folds_for(split.kind if split is not None else "new-user"),
-                              item_strata=getattr(split, "item_strata", (0,)))
-        return self.learn(data, episodes, outputs, confidences, oof)
+        if not isinstance(validate, EpisodeValidator):
+            return self.learn_from_outputs(data, MemberOutputs.of(self.members, [], self.task))
+        outputs = MemberOutputs.of(self.members, validate.episodes_at(self.validation_ks), self.task)
+        return self.learn_from_outputs(data, outputs, self.out_of_fold(data, validate, outputs, specs, jobs=self.jobs))
+
+    def member_names(self) -> list[str]:
+        return list(self.members)
+
+    def out_of_fold(self, data: Dataset, validate: EpisodeValidator, outputs: MemberOutputs,
+                    unfitted: Mapping[str, Recommender], *, jobs: int = 1,
+                    progress: bool = False) -> OutOfFold | None:
+        """The learned stacker's out-of-fold episodes: the members it reads (``choose_learned``,
+        from their validation outputs) refitted on ``folds`` folds of the training users.
+        None for the table alone (``stacker='table'``) or without validation episodes."""
+        if self.stacker == "table" or not outputs.episodes:
+            return None
+        chosen = self.choose_learned(outputs.episodes, outputs.outputs)
+        return validate.out_of_fold({m: unfitted[m] for m in chosen}, data, self.task, self.folds,
+                                    self.validation_ks, self.seed, jobs=jobs, progress=progress)
+
+    def alternatives(self, task: str) -> list[str]:
+        """The learner validation did not choose (both are fitted): an evaluation reports it
+        beside the chosen one."""
+        state = self.learned.get(task, {})
+        return [kind for kind in state.get("validation", {}) if kind != state.get("kind")]
 
     @contextlib.contextmanager
     def answering_with(self, task: str, kind: str) -> Iterator[None]:
-        """Answer ``task`` with the learner ``kind`` inside the block (both are fitted; the
-        evaluation reports the one validation did not choose beside the chosen one)."""
+        """Answer ``task`` with the learner ``kind`` inside the block (see ``alternatives``)."""
         state = self.learned[task]
         chosen, state["kind"], self._models = state["kind"], kind, None
         try:
@@ -223,8 +236,7 @@ class Stack(Recommender):
         extra = [m for m in (FALLBACK, self.content) if m in eligible]
         return list(dict.fromkeys([*best, *extra]))
 
-    def learn(self, data: Dataset, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
-              confidences: Mapping[str, np.ndarray], oof: Any = None) -> Self:
+    def learn_from_outputs(self, data: Dataset, outputs: MemberOutputs, oof: OutOfFold | None = None) -> Self:
         """Learn the routing table from the members' outputs on validation episodes, and the
         stacker from ``oof`` (out-of-fold episodes, their members' outputs and confidences).
 
@@ -232,6 +244,7 @@ class Stack(Recommender):
         fitted already (so no member is fitted twice). Never sees a test user.
         """
         task = self.task
+        episodes, confidences, outputs = outputs.episodes, outputs.confidences, outputs.outputs
         self.item_counts = np.bincount(data.interactions.item, minlength=data.n_items)
         eligible = [m for m in self.members if m in outputs and self._answers(m, task)]
         if FALLBACK not in eligible:
@@ -265,7 +278,7 @@ class Stack(Recommender):
         return self
 
     def _learn_stacker(self, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
-                       confidences: Mapping[str, np.ndarray], oof: Any) -> dict[str, Any]:
+                       confidences: Mapping[str, np.ndarray], oof: OutOfFold) -> dict[str, Any]:
         """FWLS (its ridge weight chosen on validation users) and LightGBM (its rounds stopped
         on them) fitted on the out-of-fold episodes; the one validation prefers is kept."""
         task = self.task
@@ -650,19 +663,26 @@ class Stack(Recommender):
     def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._answer_many(contexts, items, "rating")
 
-    def combine_outputs(self, task: str, episodes: Sequence[Any],
-                        outputs: Mapping[str, Sequence[np.ndarray]],
-                        confidences: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], list[bool]]:
+    def answer_outputs(self, task: str, outputs: MemberOutputs) -> tuple[list[np.ndarray], list[bool]]:
         """``combine`` over episodes whose members' outputs were computed elsewhere (the
         evaluation's workers); returns the answers and which requests tripped the breaker."""
         answers, trips = [], []
-        for i, ep in enumerate(episodes):
-            raw = {m: _checked(outputs[m][i], ep.candidates, task) for m in self.needed(task, ep.context)}
-            conf = {m: float(confidences[m][i]) if raw[m] is not None else -np.inf for m in raw}
+        for i, ep in enumerate(outputs.episodes):
+            raw = {m: _checked(outputs.outputs[m][i], ep.candidates, task) for m in self.needed(task, ep.context)}
+            conf = {m: float(outputs.confidences[m][i]) if raw[m] is not None else -np.inf for m in raw}
             answer, tripped = self.combine(task, ep.context, ep.candidates, raw, conf)
             answers.append(answer)
             trips.append(tripped)
         return answers, trips
+
+    def learned_record(self, task: str) -> dict[str, Any]:
+        """What an evaluation records of the stack learned for ``task``: its members, table,
+        learned stacker (without its fitted state), item weights and explanation."""
+        return {"members": list(self.members), "table": self.tables[task],
+                "learned": {k: v for k, v in self.learned.get(task, {}).items()
+                            if k in ("kind", "members", "validation", "summary", "oof_episodes", "folds")},
+                "item_weights": self.item_weights[task], "item_bands": self.item_bands,
+                "explain": self.explain()}
 
     # --- reading the table ----------------------------------------------------------------
 

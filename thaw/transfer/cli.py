@@ -34,11 +34,11 @@ def transfer(
 
     tgt, cmf, emcdr, ptupcdr and the stack, with random and pop, K-stratified on the target;
     warns wherever transfer is significantly worse than tgt."""
+    from thaw.eval.cross_domain import NegativeTransferWarning, evaluate_transfer
     from thaw.eval.episodes import PROTOCOLS
     from thaw.eval.protocol import DegenerateResultWarning
     from thaw.eval.report import format_tables, write_results
     from thaw.transfer.data import cross_domain_split, from_files, load_cross_domain, permuted_source, read_roles
-    from thaw.transfer.evaluate import NegativeTransferWarning, evaluate_transfer
 
     if protocol not in PROTOCOLS:
         raise ThawError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
@@ -84,8 +84,8 @@ def transfer(
 
 def pooled_tables(result: EvalResult) -> str:
     """The pooled MAE and RMSE by K (rating protocol; nothing otherwise), as plain tables."""
+    from thaw.eval.cross_domain import POOLED
     from thaw.eval.report import wide_table
-    from thaw.transfer.evaluate import POOLED
 
     lines = []
     for metric in POOLED.values():

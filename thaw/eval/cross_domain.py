@@ -1,5 +1,6 @@
 """The cross-domain protocol: every model on the same cold target users, K-stratified, and the
-negative-transfer alarm.
+negative-transfer alarm. An evaluation, so it lives in thaw/eval beside ``evaluate``; the
+transfer models and the data (thaw/transfer) know nothing of it.
 
 Transfer can hurt: a source that says little about the target, or a mapping that overfits the
 overlap users, gives cold users worse recommendations than the target alone. Public code does

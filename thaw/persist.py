@@ -1,15 +1,19 @@
 """Saving and loading fitted models without pickle: a folder of JSON and safetensors.
 
-``model.save(path)`` writes ``model.json`` (format version, thaw version, the model's name, its
-class's registry name and every attribute as a JSON tree) and ``tensors.safetensors`` (every
-array, tensor and module weight, keyed by its attribute path). A Recommender held by another
-(a router's members) is saved the same way in a subfolder named by its path, e.g.
-``members/pop/``. Nothing is ever unpickled: ``load`` takes the class from the model registry,
-makes it with ``cls.__new__``, restores the attributes, calls ``_rebuild()`` so the model can
-re-create what is not data (networks, engines, feature spaces) from them, and then loads the
-saved weights into the rebuilt modules, strictly. Attributes a class lists in ``_transient``
-are not saved and come back as None. Datasets and feature spaces are data and are saved as
-such; anything else that is not data makes ``save`` fail, naming the attribute.
+``thaw.save(model, path)`` writes ``model.json`` (format version, thaw version, the model's
+name, its class's registry name and every attribute as a JSON tree) and
+``tensors.safetensors`` (every array, tensor and module weight, keyed by its attribute path).
+A Recommender held by another (a router's members) is saved the same way in a subfolder named
+by its path, e.g. ``members/pop/``. Nothing is ever unpickled: ``thaw.load`` takes the class
+from the model registry, makes it with ``cls.__new__``, restores the attributes, calls
+``_rebuild()`` so the model can re-create what is not data (networks, engines, feature spaces)
+from them, and then loads the saved weights into the rebuilt modules, strictly. Attributes a
+class lists in ``_transient`` are not saved and come back as None. Datasets and feature spaces
+are data and are saved as such; anything else that is not data makes ``save`` fail, naming the
+attribute.
+
+It sits beside the registry, above every model: a save reads the class's own ``name`` (the
+name it is registered by), a load finds the class by that name in the registry.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from thaw import __version__
+from thaw import registry
+from thaw._version import __version__
 from thaw.data.features import FeatureSpace
 from thaw.data.schema import Dataset, Interactions
 from thaw.errors import ThawError
@@ -113,19 +118,14 @@ def saved_names(meta: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _registry() -> dict[str, type[Recommender]]:
-    # Imported when a model is saved or loaded, not with this module: the registry imports
-    # every model, thaw/meta's too, and thaw/models does not depend on thaw/meta.
-    from thaw.registry import MODELS
-
-    return MODELS
-
-
 def _registry_name(cls: type) -> str:
-    for name, registered in _registry().items():
-        if registered is cls:
-            return name
-    raise ThawError(f"cannot save a {cls.__name__}: its class is not a registered model")
+    """The name ``cls`` is registered by: its own ``name`` (one it inherits would load as the
+    class it inherits from)."""
+    name = vars(cls).get("name")
+    if not isinstance(name, str):
+        raise ThawError(f"cannot save a {cls.__name__}: its class sets no registry name of its own, "
+                        "so it is not a registered model (thaw/registry.py)")
+    return name
 
 
 class _Encoder:
@@ -260,10 +260,10 @@ def fingerprint(state: Any, tensors: Mapping[str, np.ndarray]) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 def load(path: str | Path) -> Recommender:
-    """The model saved in the folder ``path`` by ``Recommender.save``, ready to score."""
+    """The model saved in the folder ``path`` by ``save``, ready to score."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ThawError(f"{folder}: no such folder (expected a model saved by Recommender.save)")
+        raise ThawError(f"{folder}: no such folder (expected a model saved by thaw.save)")
     for name in (MODEL_FILE, TENSORS_FILE):
         if not (folder / name).is_file():
             raise ThawError(f"{folder}: not a saved thaw model ({name} is missing)")
@@ -275,11 +275,11 @@ def load(path: str | Path) -> Recommender:
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise ThawError(f"{file}: unknown format version {version!r} (this thaw reads {FORMAT_VERSION})")
-    registry = _registry()
+    models = registry.MODELS
     name = meta.get("class")
-    cls = registry.get(name) if isinstance(name, str) else None
+    cls = models.get(name) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
-        raise ThawError(f"{file}: unknown model {name!r}; known models: {', '.join(registry)}")
+        raise ThawError(f"{file}: unknown model {name!r}; known models: {', '.join(models)}")
     try:
         tensors = load_file(str(folder / TENSORS_FILE))
     except (SafetensorError, OSError) as exc:
@@ -322,7 +322,7 @@ def _verify(folder: Path, meta: dict[str, Any], tensors: Mapping[str, np.ndarray
     (the checksum). Folders saved before these records were kept load unchecked."""
     if "tensors" not in meta and "checksum" not in meta:
         return
-    again = "it was changed after its save; save the model again (Recommender.save, thaw fit)"
+    again = "it was changed after its save; save the model again (thaw.save, thaw fit)"
     record = meta.get("tensors")
     if not isinstance(record, dict) or not isinstance(meta.get("checksum"), str):
         raise ThawError(f"{folder / MODEL_FILE}: its record of the tensors is damaged; {again}")
