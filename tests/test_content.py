@@ -373,13 +373,13 @@ def test_extend_items_embeds_new_items_with_the_fits_vocabulary_and_scores_them(
 
 
 def test_extend_items_after_a_save_and_for_a_model_saved_without_its_vocabulary(tmp_path):
-    from thaw.models.persist import load
+    from thaw.persist import load, save
 
     data = _space_catalogue()
     model = make_model("content").fit(data)
     new = pd.DataFrame({"title": ["Space Love"], "year": [1983.0], "genres": [("Romance",)],
                         "text": ["war in space"]})
-    loaded = load(model.save(tmp_path / "m"))
+    loaded = load(save(model, tmp_path / "m"))
     loaded.extend_items(new)
     model.extend_items(new)
     assert abs(loaded.vectors - model.vectors).max() < 1e-12

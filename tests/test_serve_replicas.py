@@ -63,7 +63,7 @@ def test_exploration_evidence_is_summed_over_the_replicas(replicas):
 
 
 def test_a_reload_on_one_replica_reaches_the_other(replicas, tiny_stack, tmp_path):
-    from thaw.models.persist import load, save
+    from thaw.persist import load, save
 
     a, b = replicas
     first = top(b, "reader")["model_version"]
