@@ -87,6 +87,27 @@ def test_evaluate_without_validation_users_says_model_selection_was_skipped(rati
     assert done.stderr.count("model selection skipped") == 1
 
 
+# What the main job's new-item and both-cold runs held when a name list in thaw/cli.py chose them.
+ITEM_COLD_BEFORE_FLAGS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr",
+                          "melu", "fomaml", "widedeep", "deepfm", "coldwarm", "stack-table")
+
+
+def test_the_main_job_runs_new_items_with_the_models_it_always_has(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from thaw import cli
+
+    runs = []
+    monkeypatch.setattr(cli, "_load", lambda *args: make_synthetic(n_users=60, n_items=40, seed=1))
+    monkeypatch.setattr(cli, "_launch", lambda *args: None)
+    monkeypatch.setattr(cli, "_run", lambda protocols, these, *args, **kwargs: runs.extend(these))
+    done = CliRunner().invoke(cli.app, ["run", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert [split.kind for split, _ in runs] == ["new-user", "new-item", "both"]
+    assert runs[0][1] == cli._model_list("all")
+    assert tuple(runs[1][1]) == tuple(runs[2][1]) == ITEM_COLD_BEFORE_FLAGS
+
+
 def test_models_and_datasets_commands():
     done = thaw("models")
     assert done.returncode == 0

@@ -80,11 +80,6 @@ app = typer.Typer(cls=_LazyGroup, help="thaw: recommendation for users and items
 
 DEFAULT_DATASET = "ml-100k"
 MAX_JOBS = 4
-# The main job's new-item and both-cold runs: the models that can score an item nobody has
-# rated (through its content or features, or a popularity prior), and the stack's band table
-# over them (the learned stacker's folds are of users: it has learned nothing about new items).
-ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr", "melu",
-                    "fomaml", "widedeep", "deepfm", "coldwarm", "stack-table")
 STACKS = ("stack", "stack-table")  # the models made of the other models of a run
 MAIN_JOB_STACK = {"folds": 3, "max_learned": 6}
 ITEM_STRATA = (0, 1, 3, 5, 10)
@@ -536,8 +531,8 @@ def run(
     """thaw's main job: every model and the stack, new users, new items and both, both protocols.
 
     The new-user split at K = 0, 1, 3, 5, 10 with every model and the stack over them; then the
-    models that can score new items on the new-item and both-cold splits, item strata N = 0, 1,
-    3, 5, 10."""
+    models chosen among those that can score new items (``_item_cold_names``) on the new-item
+    and both-cold splits, item strata N = 0, 1, 3, 5, 10."""
     from thaw.data.splits import make_split
 
     _check_common(seed, jobs)
@@ -556,12 +551,21 @@ def run(
         # of the six members best on validation (plus the fallback and content).
         params["stack"] = {**MAIN_JOB_STACK, **params.get("stack", {})}
     runs = [(make_split(data, "new-user", seed=seed), names)]
-    item_names = [n for n in names if n in ITEM_COLD_MODELS]
+    item_names = _item_cold_names(names)
     for kind in ("new-item", "both"):
         if item_names:
             runs.append((make_split(data, kind, seed=seed, item_strata=ITEM_STRATA), item_names))
     _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs,
          pairs=pairs, params=params, settings=settings, previous=previous)
+
+
+def _item_cold_names(names: list[str]) -> list[str]:
+    """The main job's models for its new-item and both-cold runs, of ``names``: those whose
+    class can score an item nobody has rated and is chosen for those runs (the flags on
+    ``Recommender``), so that a new model or an ablation does not lengthen the job unasked."""
+    from thaw.registry import model_class
+
+    return [n for n in names if model_class(n).scores_new_items and model_class(n).main_job_item_cold]
 
 
 def _launch(nproc: int, device: str) -> None:
