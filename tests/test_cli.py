@@ -126,6 +126,7 @@ def test_models_and_datasets_commands():
     (["evaluate", "--split", "/no/such/folder"], "interactions.csv"),
     (["evaluate", "--compare", "mf"], "--compare takes model pairs a:b"),
     (["evaluate", "--models", "random,pop", "--compare", "pop:mf"], "--compare names mf"),
+    (["evaluate", "--models", "pop,tgt,emcdr"], "error: emcdr transfer from a second domain"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     done = thaw(*args, cwd=tmp_path)  # the default --out, results/, is made there

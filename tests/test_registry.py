@@ -23,7 +23,7 @@ from thaw.models.features_net import FeatureModel
 from thaw.models.neural import chunked, exact_scores
 from thaw.models.sampling import pair_keys, sample_unseen, sample_unseen_by
 from thaw.models.widedeep import DeepFM, WideDeep
-from thaw.registry import MODELS, make_model, model_names, parameters, parse_param
+from thaw.registry import CROSS_DOMAIN, MODELS, make_model, model_names, parameters, parse_param
 from thaw.stack import Stack
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -124,7 +124,6 @@ def without(data, items):
 @pytest.fixture(scope="module")
 def nobody_rated():
     """(training data, contexts, new items) for one domain and for a cross-domain pair."""
-    from thaw.registry import CROSS_DOMAIN
     from thaw.transfer import cross_domain_split
     from thaw.transfer.synthetic import make_mapped_domains
 
@@ -157,6 +156,19 @@ def test_a_model_scores_an_item_nobody_rated_exactly_when_its_class_says_it_can(
     if model.predicts_ratings:
         outputs += [model.predict(c, new) for c in contexts]
     assert all(np.isfinite(o).all() for o in outputs) == type(model).scores_new_items, outputs
+
+
+def test_a_model_refuses_data_without_a_source_domain_exactly_when_its_class_needs_one():
+    plain = make_synthetic(n_users=40, n_items=30, seed=5)
+    for name, cls in MODELS.items():
+        assert not cls.needs_source or name in CROSS_DOMAIN, name  # so "all" never holds one
+    for name in CROSS_DOMAIN:
+        model = tiny(name)
+        if MODELS[name].needs_source:
+            with pytest.raises(ThawError, match="cross-domain split"):
+                model.fit(plain)
+        else:
+            model.fit(plain)
 
 
 def test_only_models_that_score_new_items_are_chosen_for_the_main_jobs_new_item_runs():

@@ -607,7 +607,7 @@ def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, floa
 
 
 def _model_list(text: str, two_domains: bool = False) -> list[str]:
-    from thaw.registry import CROSS_DOMAIN, model_names
+    from thaw.registry import CROSS_DOMAIN, model_class, model_names
 
     known = model_names()
     names = ([n for n in known if n not in CROSS_DOMAIN] if text.strip() == "all"
@@ -615,7 +615,7 @@ def _model_list(text: str, two_domains: bool = False) -> list[str]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ThawError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    two_domain = [n for n in names if n in CROSS_DOMAIN and n != "tgt"]
+    two_domain = [n for n in names if model_class(n).needs_source]
     if two_domain and not two_domains:
         raise ThawError(f"{', '.join(two_domain)} transfer from a second domain, which this data "
                         "set does not have: use `thaw transfer` (e.g. `thaw transfer ml-1m:drama-comedy`)")

@@ -142,6 +142,8 @@ class Recommender:
     scores_new_items: bool = False
     """It gives an item no training interaction touched a finite score (from the item's content
     or features, or a prior all such items share); a fact about its score path, so inherited."""
+    needs_source: bool = False
+    """It fits only on a cross-domain pair: what it learns is a transfer from the source domain."""
     main_job_item_cold: bool = False
     """``thaw run`` fits it on the new-item and both-cold splits too (only a model that
     ``scores_new_items``). A choice for the job's time, not a fact: never inherited, so an
