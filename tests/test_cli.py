@@ -113,6 +113,13 @@ def test_models_and_datasets_commands():
     assert done.returncode == 0
     names = done.stdout.split()
     assert {"random", "pop", "segment-pop", "content", "mf", "bpr"} <= set(names)
+    done = thaw("models", "--abilities")
+    assert done.returncode == 0, done.stderr
+    said = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert list(said) == names  # the same models, in the same order
+    assert "scores new items" in said["content"] and said["metatl"] == "metatl"
+    assert "needs a source domain" in said["emcdr"] and "needs a source domain" not in said["tgt"]
+    assert "predicts ratings when fitted for them" in said["melu"] and "ratings" not in said["sasrec"]
     done = thaw("datasets")
     assert done.returncode == 0 and "ml-100k" in done.stdout and "ml-1m" in done.stdout
     assert "ml-1m:drama-comedy" in done.stdout and "Drama -> Comedy" in done.stdout

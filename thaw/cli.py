@@ -866,12 +866,29 @@ def datasets() -> None:
 
 
 @app.command()
-def models() -> None:
+def models(
+    abilities: Annotated[bool, typer.Option("--abilities", help="Say after each name what the model can do (imports every model, so it takes a few seconds).")] = False,
+) -> None:
     """Print the name of every model thaw has, one per line."""
     from thaw.registry import model_names
 
     for name in model_names():
-        typer.echo(name)
+        typer.echo(f"{name:20s} {', '.join(_abilities(name))}".rstrip() if abilities else name)
+
+
+def _abilities(name: str) -> list[str]:
+    """What the class of model ``name`` says it can do, in words (its flags on ``Recommender``)."""
+    import inspect
+
+    from thaw.registry import model_class
+
+    cls = model_class(name)
+    rates = inspect.getattr_static(cls, "predicts_ratings")
+    said = {"scores new items": cls.scores_new_items,
+            "predicts ratings" + (" when fitted for them" if isinstance(rates, property) else ""): rates,
+            "needs a source domain": cls.needs_source,
+            "in the main job's new-item runs": cls.main_job_item_cold}
+    return [words for words, flag in said.items() if flag]
 
 
 # --- the entry point ---------------------------------------------------------------------------
