@@ -80,7 +80,6 @@ app = typer.Typer(cls=_LazyGroup, help="thaw: recommendation for users and items
 
 DEFAULT_DATASET = "ml-100k"
 MAX_JOBS = 4
-STACKS = ("stack", "stack-table")  # the models made of the other models of a run
 MAIN_JOB_STACK = {"folds": 3, "max_learned": 6}
 ITEM_STRATA = (0, 1, 3, 5, 10)
 # Options that change how a run goes, not what it computes: a results folder written with
@@ -184,7 +183,7 @@ def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
         if not (sep and dot and model and name):
             raise ThawError(f"--param takes MODEL.NAME=VALUE (e.g. sasrec.epochs=25), got '{piece.strip()}'")
         model_class(model)  # an unknown model is an error naming the known ones
-        if model in STACKS and name == "members":
+        if name == "members" and _is_stack(model):
             raise ThawError("--param cannot set the stack's members: they are the other models of "
                             "--models (evaluate, run) or --members (fit)")
         params.setdefault(model, {})[name] = parse_param(model, name, value)
@@ -252,10 +251,18 @@ def _honour_chosen(model: str, values: dict[str, Any]) -> None:
             values[name] = values[grid][0]
 
 
+def _is_stack(name: str) -> bool:
+    """Whether model ``name`` is a stack: made of the other models of a run (its members)."""
+    from thaw.registry import model_class
+    from thaw.stack import Stack
+
+    return issubclass(model_class(name), Stack)
+
+
 def _check_params(params: Mapping[str, Any], names: list[str]) -> None:
     from thaw.stack.router import FALLBACK
 
-    in_play = set(names) | ({FALLBACK} if set(STACKS) & set(names) else set())
+    in_play = set(names) | ({FALLBACK} if any(_is_stack(n) for n in names) else set())
     stray = sorted(set(params) - in_play)
     if stray:
         raise ThawError(f"--param names {', '.join(stray)}, not among the models run "
@@ -400,9 +407,9 @@ def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, 
     make; random is a sanity line, not a candidate."""
     from thaw.registry import make_model
 
-    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if n not in STACKS}
+    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if not _is_stack(n)}
     members = [m for n, m in models.items() if n != "random"]
-    for stack in (n for n in STACKS if n in names):
+    for stack in (n for n in names if _is_stack(n)):
         models[stack] = make_model(stack, members=members, **{"seed": seed, **params.get(stack, {})})
     return models
 
@@ -702,7 +709,7 @@ def fit(
     name = _model_list(model, two_domains)[0]
     params = _parse_params(param)
     defaults = TRANSFER_MEMBERS if two_domains else DEFAULT_MEMBERS
-    member_names = (_model_list(members, two_domains) if members else list(defaults)) if name in STACKS else []
+    member_names = (_model_list(members, two_domains) if members else list(defaults)) if _is_stack(name) else []
     _check_params(params, [name, *member_names])
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
     settings = _settings(ctx)
@@ -724,7 +731,7 @@ def fit(
     if name == "stack":  # its out-of-fold fits in worker processes, as an evaluation's fits
         params["stack"] = {"jobs": _auto_jobs(), **params.get("stack", {})}
     the_model = make_model(name, **{"seed": seed, **params.get(name, {})},
-                           **({"members": list(made.values())} if name in STACKS else {}))
+                           **({"members": list(made.values())} if _is_stack(name) else {}))
     the_model.set_task(protocol)
     the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
     # The data set goes with it, so ids and titles resolve after loading and `thaw retrain`
@@ -737,7 +744,7 @@ def fit(
     if not distributed.is_main():
         return
     path = save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
-    if name in STACKS:
+    if _is_stack(name):
         typer.echo(the_model.explain())
     typer.echo(f"saved {name} to {path}")
 
