@@ -538,8 +538,8 @@ def run(
     """thaw's main job: every model and the stack, new users, new items and both, both protocols.
 
     The new-user split at K = 0, 1, 3, 5, 10 with every model and the stack over them; then the
-    models chosen among those that can score new items (``_item_cold_names``) on the new-item
-    and both-cold splits, item strata N = 0, 1, 3, 5, 10."""
+    models chosen among those that can score new items (`thaw models --abilities`) on the
+    new-item and both-cold splits, item strata N = 0, 1, 3, 5, 10."""
     from thaw.data.splits import make_split
 
     _check_common(seed, jobs)
