@@ -87,11 +87,39 @@ def test_evaluate_without_validation_users_says_model_selection_was_skipped(rati
     assert done.stderr.count("model selection skipped") == 1
 
 
+# What the main job's new-item and both-cold runs held when a name list in thaw/cli.py chose them.
+ITEM_COLD_BEFORE_FLAGS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr",
+                          "melu", "fomaml", "widedeep", "deepfm", "coldwarm", "stack-table")
+
+
+def test_the_main_job_runs_new_items_with_the_models_it_always_has(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from thaw import cli
+
+    runs = []
+    monkeypatch.setattr(cli, "_load", lambda *args: make_synthetic(n_users=60, n_items=40, seed=1))
+    monkeypatch.setattr(cli, "_launch", lambda *args: None)
+    monkeypatch.setattr(cli, "_run", lambda protocols, these, *args, **kwargs: runs.extend(these))
+    done = CliRunner().invoke(cli.app, ["run", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert [split.kind for split, _ in runs] == ["new-user", "new-item", "both"]
+    assert runs[0][1] == cli._model_list("all")
+    assert tuple(runs[1][1]) == tuple(runs[2][1]) == ITEM_COLD_BEFORE_FLAGS
+
+
 def test_models_and_datasets_commands():
     done = thaw("models")
     assert done.returncode == 0
     names = done.stdout.split()
     assert {"random", "pop", "segment-pop", "content", "mf", "bpr"} <= set(names)
+    done = thaw("models", "--abilities")
+    assert done.returncode == 0, done.stderr
+    said = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert list(said) == names  # the same models, in the same order
+    assert "scores new items" in said["content"] and said["metatl"] == "metatl"
+    assert "needs a source domain" in said["emcdr"] and "needs a source domain" not in said["tgt"]
+    assert "predicts ratings when fitted for them" in said["melu"] and "ratings" not in said["sasrec"]
     done = thaw("datasets")
     assert done.returncode == 0 and "ml-100k" in done.stdout and "ml-1m" in done.stdout
     assert "ml-1m:drama-comedy" in done.stdout and "Drama -> Comedy" in done.stdout
@@ -105,6 +133,7 @@ def test_models_and_datasets_commands():
     (["evaluate", "--split", "/no/such/folder"], "interactions.csv"),
     (["evaluate", "--compare", "mf"], "--compare takes model pairs a:b"),
     (["evaluate", "--models", "random,pop", "--compare", "pop:mf"], "--compare names mf"),
+    (["evaluate", "--models", "pop,tgt,emcdr"], "error: emcdr transfer from a second domain"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     done = thaw(*args, cwd=tmp_path)  # the default --out, results/, is made there

@@ -1,11 +1,12 @@
-"""The model registry, --param and --seed, the public API without import cycles, and the
-pieces the torch models share (scoring path, negative samplers)."""
+"""The model registry and the abilities its classes declare, --param and --seed, the public API
+without import cycles, and the pieces the torch models share (scoring path, negative samplers)."""
 
 import ast
 import json
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from thaw.models.features_net import FeatureModel
 from thaw.models.neural import chunked, exact_scores
 from thaw.models.sampling import pair_keys, sample_unseen, sample_unseen_by
 from thaw.models.widedeep import DeepFM, WideDeep
-from thaw.registry import MODELS, make_model, model_names, parameters, parse_param
+from thaw.registry import CROSS_DOMAIN, MODELS, make_model, model_names, parameters, parse_param
 from thaw.stack import Stack
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,6 +96,86 @@ def test_import_thaw_alone_stays_light():
     assert done.stdout.strip() == "False"
     assert set(thaw.__all__) >= {"load_dataset", "make_split", "Context", "Interactions", "evaluate",
                                  "make_model", "model_names", "load", "Stack"}
+
+
+# --- abilities -------------------------------------------------------------------------------
+
+SHRUNK = {"epochs": 1, "iterations": 2, "dim": 8, "max_len": 5, "tasks_per_user": 2}
+
+
+def tiny(name):
+    """Model ``name`` made small enough to fit in a moment on the synthetic sets."""
+    known = parameters(name)
+    params = {k: v for k, v in SHRUNK.items() if k in known}
+    hidden = known["hidden"].default if "hidden" in known else None
+    if isinstance(hidden, (tuple, int)):
+        params["hidden"] = (8,) if isinstance(hidden, tuple) else 8
+    if name in ("stack", "stack-table"):
+        params["members"] = ["pop", "content", tiny("mf")]
+    return make_model(name, seed=0, **params)
+
+
+def without(data, items):
+    """``data`` with every training interaction of ``items`` gone, their features kept."""
+    inter = data.interactions
+    return data.with_interactions(inter.take(~np.isin(inter.item, items)))
+
+
+@pytest.fixture(scope="module")
+def nobody_rated():
+    """(training data, contexts, new items) for one domain and for a cross-domain pair."""
+    from thaw.transfer import cross_domain_split
+    from thaw.transfer.synthetic import make_mapped_domains
+
+    new = np.array([1, 2, 3, 5, 8])
+    plain = without(make_synthetic(n_users=60, n_items=40, seed=4), new)
+    users = plain.interactions.user
+    plain_contexts = [Context(None, plain.interactions.take(users == 0).take(slice(0, k)), plain.profile(0))
+                      for k in (0, 3)] + [Context(0)]
+    pair = cross_domain_split(make_mapped_domains(n_users=200, n_source=40, n_target=30, per_user=(10, 8),
+                                                  seed=0), 0.3, seed=0).train
+    target_new = np.array([0, 1, 2])
+    pair = without(pair, target_new)
+    source = pair.source_domain.interactions
+    pair_contexts = [Context(None), Context(None, pair.interactions.take(slice(0, 2)),
+                                            source=source.take(source.user == source.user[0]))]
+    return {name: (pair, pair_contexts, target_new) if name in CROSS_DOMAIN else (plain, plain_contexts, new)
+            for name in model_names()}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_model_scores_an_item_nobody_rated_exactly_when_its_class_says_it_can(name, nobody_rated):
+    data, contexts, new = nobody_rated[name]
+    assert np.bincount(data.interactions.item, minlength=data.n_items)[new].sum() == 0
+    model = tiny(name)
+    model.set_task("rating")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(data)
+    outputs = [model.score(c, new) for c in contexts]
+    if model.predicts_ratings:
+        outputs += [model.predict(c, new) for c in contexts]
+    assert all(np.isfinite(o).all() for o in outputs) == type(model).scores_new_items, outputs
+
+
+def test_a_model_refuses_data_without_a_source_domain_exactly_when_its_class_needs_one():
+    plain = make_synthetic(n_users=40, n_items=30, seed=5)
+    for name, cls in MODELS.items():
+        assert not cls.needs_source or name in CROSS_DOMAIN, name  # so "all" never holds one
+    for name in CROSS_DOMAIN:
+        model = tiny(name)
+        if MODELS[name].needs_source:
+            with pytest.raises(ThawError, match="cross-domain split"):
+                model.fit(plain)
+        else:
+            model.fit(plain)
+
+
+def test_only_models_that_score_new_items_are_chosen_for_the_main_jobs_new_item_runs():
+    chosen = [n for n, cls in MODELS.items() if cls.main_job_item_cold]
+    assert chosen and all(MODELS[n].scores_new_items for n in chosen)
+    # A choice is not inherited: the ablations of a chosen model stay out.
+    assert MODELS["coldwarm"].main_job_item_cold and not MODELS["coldwarm-nogate"].main_job_item_cold
 
 
 # --- seeds -----------------------------------------------------------------------------------

@@ -80,12 +80,6 @@ app = typer.Typer(cls=_LazyGroup, help="thaw: recommendation for users and items
 
 DEFAULT_DATASET = "ml-100k"
 MAX_JOBS = 4
-# The main job's new-item and both-cold runs: the models that can score an item nobody has
-# rated (through its content or features, or a popularity prior), and the stack's band table
-# over them (the learned stacker's folds are of users: it has learned nothing about new items).
-ITEM_COLD_MODELS = ("random", "pop", "segment-pop", "bias", "content", "content-minilm", "mf", "bpr", "melu",
-                    "fomaml", "widedeep", "deepfm", "coldwarm", "stack-table")
-STACKS = ("stack", "stack-table")  # the models made of the other models of a run
 MAIN_JOB_STACK = {"folds": 3, "max_learned": 6}
 ITEM_STRATA = (0, 1, 3, 5, 10)
 # Options that change how a run goes, not what it computes: a results folder written with
@@ -189,7 +183,7 @@ def _parse_params(texts: list[str] | None) -> dict[str, dict[str, Any]]:
         if not (sep and dot and model and name):
             raise ThawError(f"--param takes MODEL.NAME=VALUE (e.g. sasrec.epochs=25), got '{piece.strip()}'")
         model_class(model)  # an unknown model is an error naming the known ones
-        if model in STACKS and name == "members":
+        if name == "members" and _is_stack(model):
             raise ThawError("--param cannot set the stack's members: they are the other models of "
                             "--models (evaluate, run) or --members (fit)")
         params.setdefault(model, {})[name] = parse_param(model, name, value)
@@ -257,10 +251,18 @@ def _honour_chosen(model: str, values: dict[str, Any]) -> None:
             values[name] = values[grid][0]
 
 
+def _is_stack(name: str) -> bool:
+    """Whether model ``name`` is a stack: made of the other models of a run (its members)."""
+    from thaw.registry import model_class
+    from thaw.stack import Stack
+
+    return issubclass(model_class(name), Stack)
+
+
 def _check_params(params: Mapping[str, Any], names: list[str]) -> None:
     from thaw.stack.router import FALLBACK
 
-    in_play = set(names) | ({FALLBACK} if set(STACKS) & set(names) else set())
+    in_play = set(names) | ({FALLBACK} if any(_is_stack(n) for n in names) else set())
     stray = sorted(set(params) - in_play)
     if stray:
         raise ThawError(f"--param names {', '.join(stray)}, not among the models run "
@@ -405,9 +407,9 @@ def _make_models(names: list[str], seed: int, params: Mapping[str, Mapping[str, 
     make; random is a sanity line, not a candidate."""
     from thaw.registry import make_model
 
-    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if n not in STACKS}
+    models = {n: make_model(n, **{"seed": seed, **params.get(n, {})}) for n in names if not _is_stack(n)}
     members = [m for n, m in models.items() if n != "random"]
-    for stack in (n for n in STACKS if n in names):
+    for stack in (n for n in names if _is_stack(n)):
         models[stack] = make_model(stack, members=members, **{"seed": seed, **params.get(stack, {})})
     return models
 
@@ -536,8 +538,8 @@ def run(
     """thaw's main job: every model and the stack, new users, new items and both, both protocols.
 
     The new-user split at K = 0, 1, 3, 5, 10 with every model and the stack over them; then the
-    models that can score new items on the new-item and both-cold splits, item strata N = 0, 1,
-    3, 5, 10."""
+    models chosen among those that can score new items (`thaw models --abilities`) on the
+    new-item and both-cold splits, item strata N = 0, 1, 3, 5, 10."""
     from thaw.data.splits import make_split
 
     _check_common(seed, jobs)
@@ -556,12 +558,21 @@ def run(
         # of the six members best on validation (plus the fallback and content).
         params["stack"] = {**MAIN_JOB_STACK, **params.get("stack", {})}
     runs = [(make_split(data, "new-user", seed=seed), names)]
-    item_names = [n for n in names if n in ITEM_COLD_MODELS]
+    item_names = _item_cold_names(names)
     for kind in ("new-item", "both"):
         if item_names:
             runs.append((make_split(data, kind, seed=seed, item_strata=ITEM_STRATA), item_names))
     _run(["next-item", "rating"], runs, (0, 1, 3, 5, 10), "sampled", out, seed, 1000, progress, jobs,
          pairs=pairs, params=params, settings=settings, previous=previous)
+
+
+def _item_cold_names(names: list[str]) -> list[str]:
+    """The main job's models for its new-item and both-cold runs, of ``names``: those whose
+    class can score an item nobody has rated and is chosen for those runs (the flags on
+    ``Recommender``), so that a new model or an ablation does not lengthen the job unasked."""
+    from thaw.registry import model_class
+
+    return [n for n in names if model_class(n).scores_new_items and model_class(n).main_job_item_cold]
 
 
 def _launch(nproc: int, device: str) -> None:
@@ -603,7 +614,7 @@ def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, floa
 
 
 def _model_list(text: str, two_domains: bool = False) -> list[str]:
-    from thaw.registry import CROSS_DOMAIN, model_names
+    from thaw.registry import CROSS_DOMAIN, model_class, model_names
 
     known = model_names()
     names = ([n for n in known if n not in CROSS_DOMAIN] if text.strip() == "all"
@@ -611,7 +622,7 @@ def _model_list(text: str, two_domains: bool = False) -> list[str]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ThawError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    two_domain = [n for n in names if n in CROSS_DOMAIN and n != "tgt"]
+    two_domain = [n for n in names if model_class(n).needs_source]
     if two_domain and not two_domains:
         raise ThawError(f"{', '.join(two_domain)} transfer from a second domain, which this data "
                         "set does not have: use `thaw transfer` (e.g. `thaw transfer ml-1m:drama-comedy`)")
@@ -698,7 +709,7 @@ def fit(
     name = _model_list(model, two_domains)[0]
     params = _parse_params(param)
     defaults = TRANSFER_MEMBERS if two_domains else DEFAULT_MEMBERS
-    member_names = (_model_list(members, two_domains) if members else list(defaults)) if name in STACKS else []
+    member_names = (_model_list(members, two_domains) if members else list(defaults)) if _is_stack(name) else []
     _check_params(params, [name, *member_names])
     mapping, scale = _parse_columns(columns), _parse_scale(rating_scale)
     settings = _settings(ctx)
@@ -720,7 +731,7 @@ def fit(
     if name == "stack":  # its out-of-fold fits in worker processes, as an evaluation's fits
         params["stack"] = {"jobs": _auto_jobs(), **params.get("stack", {})}
     the_model = make_model(name, **{"seed": seed, **params.get(name, {})},
-                           **({"members": list(made.values())} if name in STACKS else {}))
+                           **({"members": list(made.values())} if _is_stack(name) else {}))
     the_model.set_task(protocol)
     the_model.fit(the_split.train, validate=SplitValidator(the_split, protocol))
     # The data set goes with it, so ids and titles resolve after loading and `thaw retrain`
@@ -733,7 +744,7 @@ def fit(
     if not distributed.is_main():
         return
     path = save(the_model, out, {"command": "thaw " + " ".join(sys.argv[1:]), "settings": settings})
-    if name in STACKS:
+    if _is_stack(name):
         typer.echo(the_model.explain())
     typer.echo(f"saved {name} to {path}")
 
@@ -862,12 +873,29 @@ def datasets() -> None:
 
 
 @app.command()
-def models() -> None:
+def models(
+    abilities: Annotated[bool, typer.Option("--abilities", help="Say after each name what the model can do (imports every model, so it takes a few seconds).")] = False,
+) -> None:
     """Print the name of every model thaw has, one per line."""
     from thaw.registry import model_names
 
     for name in model_names():
-        typer.echo(name)
+        typer.echo(f"{name:20s} {', '.join(_abilities(name))}".rstrip() if abilities else name)
+
+
+def _abilities(name: str) -> list[str]:
+    """What the class of model ``name`` says it can do, in words (its flags on ``Recommender``)."""
+    import inspect
+
+    from thaw.registry import model_class
+
+    cls = model_class(name)
+    rates = inspect.getattr_static(cls, "predicts_ratings")
+    said = {"scores new items": cls.scores_new_items,
+            "predicts ratings" + (" when fitted for them" if isinstance(rates, property) else ""): rates,
+            "needs a source domain": cls.needs_source,
+            "in the main job's new-item runs": cls.main_job_item_cold}
+    return [words for words, flag in said.items() if flag]
 
 
 # --- the entry point ---------------------------------------------------------------------------

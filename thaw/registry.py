@@ -65,8 +65,9 @@ WHERE: dict[str, str] = {
 """Registry name -> "module:Class", in the order ``thaw models`` lists them. The classes are
 imported on first use (``MODELS``), so listing the names imports no model, and no torch."""
 CROSS_DOMAIN = ("tgt", "cmf", "emcdr", "ptupcdr")
-"""The models of the cross-domain protocol (``thaw transfer``): all but tgt need a source
-domain, and tgt is mf under the name that protocol reports it by; "all" leaves them out."""
+"""The models of the cross-domain protocol (``thaw transfer``): those that need a source domain
+(their class's ``needs_source``) and tgt, mf under the name that protocol reports it by; "all"
+leaves them out."""
 
 
 def _by_name(where: dict[str, str]) -> dict[str, type[Recommender]]:

@@ -27,7 +27,7 @@ from thaw.eval.episodes import episodes
 from thaw.eval.protocol import DEFAULT_KS, EvalResult, evaluate
 from thaw.eval.statistics import compare
 
-TRANSFER_MODELS = ("cmf", "emcdr", "ptupcdr")
+TRANSFER_MODELS = ("cmf", "emcdr", "ptupcdr")  # the transfer models the protocol runs by default
 BASELINE = "tgt"
 DEFAULT_MODELS = ("random", "pop", "segment-pop", BASELINE, *TRANSFER_MODELS)
 TRANSFER_MEMBERS = ("pop", "segment-pop", BASELINE, *TRANSFER_MODELS)
@@ -85,10 +85,13 @@ def evaluate_transfer(split: Split, *, protocol: str = "rating", ks: Sequence[in
 
 
 def negative_transfer(per_user: pd.DataFrame, protocol: str, alpha: float = 0.05) -> pd.DataFrame:
-    """Rows of the paired tests (transfer model vs ``tgt``, headline metrics) where the
-    transfer model is significantly worse."""
+    """Rows of the paired tests (each model that transfers, its class's ``needs_source``, and
+    the stack, against ``tgt``; headline metrics) where it is significantly worse."""
+    from thaw.registry import model_class, model_names
+
     present = set(per_user["model"])
-    pairs = [(m, BASELINE) for m in (*TRANSFER_MODELS, "stack") if m in present]
+    transfer = [m for m in model_names() if m in present and model_class(m).needs_source]
+    pairs = [(m, BASELINE) for m in (*transfer, "stack") if m in present]
     if BASELINE not in present or not pairs:
         return pd.DataFrame(columns=["K", "metric", "model_a", "model_b", "diff", "p_holm", "users"])
     tests = compare(per_user[per_user["metric"].isin(HEADLINES[protocol])], pairs, alpha)

@@ -105,6 +105,7 @@ class MeLU(FeatureMetaLearner):
     """MeLU: meta-learned network, decision layers adapted per user."""
 
     name = "melu"
+    main_job_item_cold = True
 
 
 class FullMAML(FeatureMetaLearner):
@@ -120,6 +121,7 @@ class FirstOrderMAML(FeatureMetaLearner):
     """First-order MAML: like ``maml`` but the inner gradients are constants."""
 
     name = "fomaml"
+    main_job_item_cold = True
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**{"adapt_all": True, "first_order": True, **kwargs})

@@ -303,6 +303,7 @@ class MetaCSR(Recommender):
 
     name = "metacsr"
     predicts_ratings = False
+    scores_new_items = False  # an item never seen in training scores -inf
     _transient = ("tasks", "maml", "_scorer")  # re-created by _rebuild from the training data
 
     def __init__(self, *, diffusion: bool = True, sequential: bool = True, meta: bool = True,

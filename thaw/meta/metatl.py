@@ -89,6 +89,7 @@ class MetaTL(Recommender):
     """MetaTL with the MAML step (``maml=True``) or without it (MetaTL--)."""
 
     predicts_ratings = False
+    scores_new_items = False  # an item never in a training transition scores -inf
     _transient = ("engine", "_scorer")  # re-created by _rebuild / on first use
 
     def __init__(self, *, maml: bool = True, dim: int = 64, margin: float = 1.0,

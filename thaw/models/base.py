@@ -139,6 +139,15 @@ class Recommender:
     name: str = "recommender"
     """The model's name in thaw's registry (thaw/registry.py); every registered class sets its own."""
     predicts_ratings: bool = False
+    scores_new_items: bool = False
+    """It gives an item no training interaction touched a finite score (from the item's content
+    or features, or a prior all such items share); a fact about its score path, so inherited."""
+    needs_source: bool = False
+    """It fits only on a cross-domain pair: what it learns is a transfer from the source domain."""
+    main_job_item_cold: bool = False
+    """``thaw run`` fits it on the new-item and both-cold splits too (only a model that
+    ``scores_new_items``). A choice for the job's time, not a fact: never inherited, so an
+    ablation or any other subclass runs there only if its own class says so."""
     chosen_from: Mapping[str, str] = {}
     """Settings that ``fit`` chooses on validation users, each with the constructor parameter
     that holds its candidates (mf: ``{"reg": "grid"}``). Given a validator and two or more
@@ -161,8 +170,11 @@ class Recommender:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every model's own ``fit`` records ``fitted_on``, and its own ``score``, ``predict``
-        and their batch forms check the request first (``check_request``)."""
+        and their batch forms check the request first (``check_request``). A class that does
+        not set ``main_job_item_cold`` itself gets False, whatever its base says."""
         super().__init_subclass__(**kwargs)
+        if "main_job_item_cold" not in vars(cls):
+            cls.main_job_item_cold = False
         for name in ("fit", "score", "predict", "score_many", "predict_many"):
             method = vars(cls).get(name)
             if callable(method) and not getattr(method, "checked_by_thaw", False):

@@ -31,6 +31,8 @@ class RandomRecommender(Recommender):
 
     name = "random"
     predicts_ratings = True
+    scores_new_items = True  # its numbers never read the training data
+    main_job_item_cold = True
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -58,6 +60,8 @@ class Popularity(Recommender):
 
     name = "pop"
     predicts_ratings = True
+    scores_new_items = True  # a count of 0, and the prior (global mean) for ratings
+    main_job_item_cold = True
 
     def __init__(self, shrinkage: float = 5.0) -> None:
         self.shrinkage = shrinkage
@@ -85,6 +89,7 @@ class SegmentPopularity(Popularity):
     """
 
     name = "segment-pop"
+    main_job_item_cold = True
 
     def __init__(self, fields: tuple[str, ...] = ("gender", "age"), smoothing: float = 50.0,
                  shrinkage: float = 5.0) -> None:
@@ -156,6 +161,8 @@ class Biases(Recommender):
 
     name = "bias"
     predicts_ratings = True
+    scores_new_items = True  # an item bias of 0: the global mean
+    main_job_item_cold = True
     chosen_from = {"reg_user": "grid", "reg_item": "grid"}
 
     def __init__(self, reg_user: float = 10.0, reg_item: float = 10.0, iterations: int = 10,

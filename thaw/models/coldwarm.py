@@ -103,6 +103,7 @@ class ColdWarmNet(TwoTower):
     """Cold & Warm Net: cold and warm experts, a state gate, dynamic distillation, a bias net."""
 
     name = "coldwarm"
+    main_job_item_cold = True
 
     def __init__(self, *, mode: str = "gate", alpha: float = 0.5, bias: bool = True, n_groups: int = 8,
                  n_bias_fields: int = 2, **kwargs) -> None:

@@ -286,6 +286,8 @@ class ContentKNN(Recommender):
 
     name = "content"
     predicts_ratings = True
+    scores_new_items = True  # by the item's text, like any other item
+    main_job_item_cold = True
     chosen_from = {"popularity_weight": "popularity_grid"}
 
     def __init__(self, prior: float = 1.0, tiebreak: bool = True, shrinkage: float = 5.0,
@@ -563,6 +565,7 @@ class ContentMiniLM(ContentKNN):
     """``content`` with the MiniLM sentence encoder (``encoder="minilm"``)."""
 
     name = "content-minilm"
+    main_job_item_cold = True
 
     def __init__(self, prior: float = 1.0, tiebreak: bool = True, shrinkage: float = 5.0,
                  neighbours: int = 200, profile_popularity: float = 0.75,

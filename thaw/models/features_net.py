@@ -173,6 +173,7 @@ class FeatureModel(Recommender):
     network (``network``) and what one training step does (``_train_step``).
     """
 
+    scores_new_items = True  # items enter through their genres and year
     _transient: tuple[str, ...] = ("space", "builder")  # re-created by _rebuild from self.data
 
     def __init__(self, *, objective: str = "rating", epochs: int = 20, batch_size: int = 32,

@@ -141,6 +141,8 @@ class MatrixFactorization(Recommender):
 
     name = "mf"
     predicts_ratings = True
+    scores_new_items = True  # an untouched item's factors and bias solve to 0 (the prior)
+    main_job_item_cold = True
     chosen_from = {"reg": "grid", "fold_prior": "fold_priors"}
 
     def __init__(self, dim: int = 32, reg: float = 0.1, alpha: float = 10.0, iterations: int = 10,
@@ -248,6 +250,8 @@ class BPR(Recommender):
     """
 
     name = "bpr"
+    scores_new_items = True  # an untouched item is trained as a sampled negative only
+    main_job_item_cold = True
 
     def __init__(self, dim: int = 32, lr: float = 0.01, reg: float = 1e-4, epochs: int = 40,
                  batch_size: int = 2048, alpha: float = 10.0, fold_reg: float = 10.0,

@@ -136,6 +136,7 @@ class SequentialRecommender(Recommender):
     """
 
     predicts_ratings = False
+    scores_new_items = True  # an embedding regressed from genres and year (-inf with neither)
     _transient = ("_scorer",)  # the float64 scoring copy, made again on first use
 
     def __init__(self, *, dim: int = 64, max_len: int = 50, dropout: float = 0.2,

@@ -139,6 +139,7 @@ class TwoTower(Recommender):
     """A two-tower model fitted on cut histories of warm users with BCE on sampled negatives.
     Subclasses give the network (``network``) and may change the loss (``loss``)."""
 
+    scores_new_items = True  # the item tower reads the item's content
     _transient = ("space", "sequences")
 
     def __init__(self, *, dim: int = 32, hidden: int = 64, text_dim: int = 32, max_history: int = 50,

@@ -76,6 +76,7 @@ class WideDeep(FeatureModel):
     """Wide & Deep: a deep MLP over field embeddings plus a wide linear part."""
 
     name = "widedeep"
+    main_job_item_cold = True
 
     def network(self, space: FeatureSpace) -> FeatureNet:
         return WideDeepNet(space, self.dim, self.hidden)
@@ -85,6 +86,7 @@ class DeepFM(FeatureModel):
     """DeepFM: first-order terms, FM pairwise interactions and a deep MLP."""
 
     name = "deepfm"
+    main_job_item_cold = True
 
     def network(self, space: FeatureSpace) -> FeatureNet:
         return DeepFMNet(space, self.dim, self.hidden)

@@ -123,6 +123,7 @@ class Stack(Recommender, LearnsFromOutputs):
 
     name = "stack"
     predicts_ratings = True
+    scores_new_items = True  # its item bands blend in the content member
     _transient = ("last_trips", "_models")
 
     def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
@@ -764,6 +765,7 @@ class StackTable(Stack):
     the learned stacker: kept to compare against, and for the smallest data sets."""
 
     name = "stack-table"
+    main_job_item_cold = True  # the stack the main job runs on new items, not the learned one
 
     def __init__(self, members: Sequence[str | Recommender] | Mapping[str, Recommender] = DEFAULT_MEMBERS,
                  **kwargs: Any) -> None:

@@ -85,6 +85,8 @@ class TransferModel(Recommender):
     users -> their target vectors, per task) and ``_map`` (one user's transferred guess)."""
 
     predicts_ratings = True
+    scores_new_items = True  # the target side is mf's
+    needs_source = True
     prior_grid: tuple[float, ...] = (0.3, 3.0, 30.0)
 
     def __init__(self, dim: int = 32, reg: float = 0.1, prior_weight: float = 3.0,

@@ -55,6 +55,8 @@ class CollectiveMF(Recommender):
 
     name = "cmf"
     predicts_ratings = True
+    scores_new_items = True  # as mf does
+    needs_source = True
 
     def __init__(self, dim: int = 32, reg: float = 0.1, seed: int = 0) -> None:
         self.dim, self.reg, self.seed = dim, reg, seed
