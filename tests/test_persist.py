@@ -185,6 +185,19 @@ def test_a_class_that_only_inherits_its_registry_name_is_refused_before_writing(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_class_whose_name_is_not_registered_to_it_is_refused_before_writing(tmp_path):
+    class Mine(Popularity):  # its own name, but no line in the registry: it could not load
+        name = "mine"
+
+    class Impostor(Popularity):  # pop's name: it would load back as Popularity
+        name = "pop"
+
+    for model, why in ((Mine(), "in no registry line"), (Impostor(), "Popularity's")):
+        with pytest.raises(ThawError, match=why):
+            thaw.save(model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
 def test_unfitted_models_save_and_load(tmp_path):
     for name in ("melu", "hml", "sasrec", "metatl", "metacsr"):
         model = make_model(name, epochs=1)

@@ -125,6 +125,11 @@ def _registry_name(cls: type) -> str:
     if not isinstance(name, str):
         raise ThawError(f"cannot save a {cls.__name__}: its class sets no registry name of its own, "
                         "so it is not a registered model (thaw/registry.py)")
+    registered = registry.MODELS.get(name)
+    if registered is not cls:  # caught here, not at load: a load would fail or make another class
+        known = f"{registered.__module__}.{registered.__qualname__}'s" if registered else "in no registry line"
+        raise ThawError(f"cannot save a {cls.__name__}: its registry name '{name}' is {known}, so it "
+                        "would not load back as this class (thaw/registry.py lists the models)")
     return name
 
 
