@@ -154,8 +154,6 @@ def test_a_new_item_is_recommendable_at_once_through_content(client, service):
     assert ranked.index("new-western") < ranked.index("new-horror")
 
 
-@pytest.mark.xfail(strict=True, reason="a new item has no popularity prior and its content z-score is "
-                                      "ranked against the stack's: it comes last (58 of 59)")
 def test_a_new_item_competes_with_the_catalogue_on_what_the_user_liked(client, service):
     """The page's question: where does a film added after the fit rank for a user with three
     ratings? One described like what they liked ranks above the typical catalogue item of
