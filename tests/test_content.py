@@ -413,3 +413,5 @@ def test_extend_items_reaches_the_profile_fallback():
     model.extend_items(pd.DataFrame({"title": ["Alpha Two"], "genres": [("Drama",)]}))
     scores = model.score(Context(None, profile={"gender": "F"}), np.arange(3))
     assert scores.shape == (3,) and scores[0] > scores[1] and np.isfinite(scores).all()
+    # the neighbours could not have chosen it: between what they chose and what they did not
+    assert scores[0] > scores[2] > scores[1]

@@ -544,7 +544,12 @@ class ContentKNN(Recommender):
         counts = np.asarray(weights @ self.warm_touched[rows]).ravel()
         total = counts.sum()
         lam = self.profile_popularity
-        direct = (1 - lam) * counts[items] / max(total, 1e-12) + lam * self.pop_share[items]
+        share = counts / max(total, 1e-12)
+        # items added after the fit: the neighbours could not have touched them, so their share
+        # is unknown, not none; the median fitted item's, as their popularity is
+        fitted = getattr(self, "n_fitted_items", None) or len(share)
+        share[fitted:] = np.median(share[:fitted]) if fitted else 0.0
+        direct = (1 - lam) * share[items] + lam * self.pop_share[items]
         if self.vectors is None or total <= 0:
             return direct
         # content similarity of each candidate to the neighbours' interaction mix, measured
