@@ -181,6 +181,21 @@ def test_a_new_item_competes_with_the_catalogue_on_what_the_user_liked(client, s
         assert len(rank) / 4 < rank[item] < 3 * len(rank) / 4, (item, rank[item], len(rank))
 
 
+def test_a_new_items_place_depends_on_the_stacks_order_not_on_how_its_scores_are_spread(
+        client, service, monkeypatch):
+    """Ranking is order: stretching the stack's scores (a monotone map) moves no item, new
+    items included; a new item's content z-score set among the stack's z-scores did move."""
+    client.post("/v1/events", json=events("spread", ["i3", "i7", "i11"]))
+    for name, title, genres in (("new-a", "Horror story 997", ["Horror"]), ("new-b", "Quiet garden", ["Musical"]),
+                                ("new-c", "Drama story 996", ["Drama"])):
+        client.put(f"/v1/items/{name}", json={"features": {"title": title, "genres": genres, "year": 1990}})
+    before = [x["item"] for x in top(client, "spread", n=1000)["items"]]
+    scored = service.model.score
+    monkeypatch.setattr(service.model, "score", lambda ctx, items: np.exp(3.0 * scored(ctx, items)))
+    service.cache.pop("spread")
+    assert [x["item"] for x in top(client, "spread", n=1000)["items"]] == before
+
+
 def test_anonymous_recommendations_store_nothing(client, store):
     body = {"profile": {"gender": "F", "age": 25}, "history": [{"item": "i3"}, {"item": "i7", "rating": 4}],
             "n": 5}
