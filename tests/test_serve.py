@@ -174,11 +174,13 @@ def test_a_new_item_competes_with_the_catalogue_on_what_the_user_liked(client, s
     same_genre = sorted(rank[ids[k]] for k in horror[3:])
     assert rank["new-match"] < np.median(same_genre), (rank["new-match"], same_genre)
     assert rank["new-none"] > len(rank) / 2, (rank["new-none"], len(rank))
-    nobody = top(client, "nobody", n=1000)
-    assert nobody["k"] == 0
-    rank = {x["item"]: r for r, x in enumerate(nobody["items"], start=1)}
-    for item in ("new-match", "new-none"):
-        assert len(rank) / 4 < rank[item] < 3 * len(rank) / 4, (item, rank[item], len(rank))
+    client.put("/v1/users/profiled", json={"profile": {"gender": "F", "age": 25}})
+    for user in ("nobody", "profiled"):  # no profile: the popularity prior; a profile: its neighbours'
+        cold = top(client, user, n=1000)
+        assert cold["k"] == 0
+        rank = {x["item"]: r for r, x in enumerate(cold["items"], start=1)}
+        for item in ("new-match", "new-none"):
+            assert len(rank) / 4 < rank[item] < 3 * len(rank) / 4, (user, item, rank[item], len(rank))
 
 
 def test_a_new_items_place_depends_on_the_stacks_order_not_on_how_its_scores_are_spread(
