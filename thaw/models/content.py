@@ -548,7 +548,8 @@ class ContentKNN(Recommender):
         # items added after the fit: the neighbours could not have touched them, so their share
         # is unknown, not none; the median fitted item's, as their popularity is
         fitted = getattr(self, "n_fitted_items", None) or len(share)
-        share[fitted:] = np.median(share[:fitted]) if fitted else 0.0
+        if fitted < len(share):
+            share[fitted:] = np.median(share[:fitted])
         direct = (1 - lam) * share[items] + lam * self.pop_share[items]
         if self.vectors is None or total <= 0:
             return direct
