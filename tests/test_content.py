@@ -357,7 +357,7 @@ def test_extend_items_embeds_new_items_with_the_fits_vocabulary_and_scores_them(
     support = np.array([0])  # Space War: the new Space Love shares "space" with it
     scores = model.score(Context(None, history=history(support, np.array([5.0]))), np.arange(5))
     assert scores.shape == (5,) and scores[3] > scores[2] and scores[3] == pytest.approx(
-        expected[0] @ model.vectors[0].toarray().ravel() + 0.0, abs=1e-12)
+        expected[0] @ model.vectors[0].toarray().ravel() + model.popularity[3], abs=1e-12)
     # what an item without training interactions is: the global mean as its rating prior
     ctx = Context(None, history=history(np.array([0]), np.array([5.0])))
     sim = scores[3]
@@ -370,6 +370,17 @@ def test_extend_items_embeds_new_items_with_the_fits_vocabulary_and_scores_them(
         model.extend_items(new.iloc[:1], [2])
     with pytest.raises(ThawError, match="without gaps"):
         model.extend_items(new.iloc[:1], [7])
+
+
+def test_a_new_item_has_the_median_items_popularity_not_none():
+    """Its count is unknown (it was not there to be chosen): a new item described as the
+    fitted item of median count is scored as that item, with the prior at any weight."""
+    data = _space_catalogue()  # counts l 3, s1 1, s2 1 (items in id order): s1 is a median item
+    model = make_model("content", popularity_weight=3.0).fit(data)
+    model.extend_items(data.item_features.iloc[[1]].reset_index(drop=True))
+    for ctx in (Context(None, history=history(np.array([2]), np.array([5.0]))), Context(None)):
+        scores = model.score(ctx, np.arange(4))
+        assert scores[3] == pytest.approx(scores[1], abs=1e-12)
 
 
 def test_extend_items_after_a_save_and_for_a_model_saved_without_its_vocabulary(tmp_path):
@@ -402,3 +413,5 @@ def test_extend_items_reaches_the_profile_fallback():
     model.extend_items(pd.DataFrame({"title": ["Alpha Two"], "genres": [("Drama",)]}))
     scores = model.score(Context(None, profile={"gender": "F"}), np.arange(3))
     assert scores.shape == (3,) and scores[0] > scores[1] and np.isfinite(scores).all()
+    # the neighbours could not have chosen it: between what they chose and what they did not
+    assert scores[0] > scores[2] > scores[1]

@@ -154,6 +154,50 @@ def test_a_new_item_is_recommendable_at_once_through_content(client, service):
     assert ranked.index("new-western") < ranked.index("new-horror")
 
 
+def test_a_new_item_competes_with_the_catalogue_on_what_the_user_liked(client, service):
+    """The page's question: where does a film added after the fit rank for a user with three
+    ratings? One described like what they liked ranks above the typical catalogue item of
+    that genre; one that matches nothing of it stays in the lower half; with no history at
+    all (its similarity undefined, its popularity unknown) a new item sits in the middle."""
+    features = service.data.item_features
+    ids = [str(i) for i in service.data.item_ids]
+    horror = [k for k, g in enumerate(features["genres"]) if "Horror" in g]
+    support = [ids[k] for k in horror[:3]]
+    client.post("/v1/events", json=events("k3", support))
+    year = int(features["year"].iloc[horror[0]])
+    client.put("/v1/items/new-match", json={"features": {"title": "Horror story 777", "genres": ["Horror"],
+                                                         "year": year}})
+    client.put("/v1/items/new-none", json={"features": {"title": "Quiet garden", "genres": ["Musical"]}})
+    answer = top(client, "k3", n=1000)
+    assert answer["k"] == 3
+    rank = {x["item"]: r for r, x in enumerate(answer["items"], start=1)}
+    same_genre = sorted(rank[ids[k]] for k in horror[3:])
+    assert rank["new-match"] < np.median(same_genre), (rank["new-match"], same_genre)
+    assert rank["new-none"] > len(rank) / 2, (rank["new-none"], len(rank))
+    client.put("/v1/users/profiled", json={"profile": {"gender": "F", "age": 25}})
+    for user in ("nobody", "profiled"):  # no profile: the popularity prior; a profile: its neighbours'
+        cold = top(client, user, n=1000)
+        assert cold["k"] == 0
+        rank = {x["item"]: r for r, x in enumerate(cold["items"], start=1)}
+        for item in ("new-match", "new-none"):
+            assert len(rank) / 4 < rank[item] < 3 * len(rank) / 4, (user, item, rank[item], len(rank))
+
+
+def test_a_new_items_place_depends_on_the_stacks_order_not_on_how_its_scores_are_spread(
+        client, service, monkeypatch):
+    """Ranking is order: stretching the stack's scores (a monotone map) moves no item, new
+    items included; a new item's content z-score set among the stack's z-scores did move."""
+    client.post("/v1/events", json=events("spread", ["i3", "i7", "i11"]))
+    for name, title, genres in (("new-a", "Horror story 997", ["Horror"]), ("new-b", "Quiet garden", ["Musical"]),
+                                ("new-c", "Drama story 996", ["Drama"])):
+        client.put(f"/v1/items/{name}", json={"features": {"title": title, "genres": genres, "year": 1990}})
+    before = [x["item"] for x in top(client, "spread", n=1000)["items"]]
+    scored = service.model.score
+    monkeypatch.setattr(service.model, "score", lambda ctx, items: np.exp(3.0 * scored(ctx, items)))
+    service.cache.pop("spread")
+    assert [x["item"] for x in top(client, "spread", n=1000)["items"]] == before
+
+
 def test_anonymous_recommendations_store_nothing(client, store):
     body = {"profile": {"gender": "F", "age": 25}, "history": [{"item": "i3"}, {"item": "i7", "rating": 4}],
             "n": 5}

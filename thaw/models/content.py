@@ -264,8 +264,9 @@ class ContentKNN(Recommender):
     (benchmarks/quality_fixes.py). A user known from training (new-item split) is scored
     from their whole training history and gets no prior, so new items are ranked for them
     by content alone, as before the prior. Items with no training interactions have a
-    prior of 0. Items still tied are ordered by popularity with a weight far too small to
-    override any other difference.
+    prior of 0; items added after the fit (``extend_items``) the median item's. Items still
+    tied are ordered by popularity with a weight far too small to override any other
+    difference.
     Rating = (sum sim * rating + prior * item mean) / (sum sim + prior); ``prior`` is the
     weight of the item mean in ratings only, it does not touch the ranking.
 
@@ -377,9 +378,15 @@ class ContentKNN(Recommender):
         by default new ones, appended after every item known (returned); an index of an item
         added earlier re-describes it (its text changed). The items of the fit cannot be
         re-described: their vectors are what the model was fitted and validated with. A new
-        item is what an item without training interactions is elsewhere in the model: no
-        popularity, the global mean rating, touched by no user; its vector comes from the fit's
-        vocabulary and IDF (TF-IDF, words the fit never saw are dropped) or MiniLM.
+        item has the global mean rating and was touched by no user; its vector comes from the
+        fit's vocabulary and IDF (TF-IDF, words the fit never saw are dropped) or MiniLM.
+
+        Its popularity (the prior, the tie-break, the profile fallback's share) is the median
+        of the fit's items, not 0: it was not there to be chosen, so how many would choose it
+        is unknown, not none. With 0, the prior (weighted as validation chose on a catalogue
+        of items all there from the start) put a new item below every fitted one however
+        well it matched the support; with the median it is ranked by its similarity, as a
+        typical item would be.
 
         ``data`` (the fit's data set) is needed only by a model saved before the vocabulary
         was kept: the vocabulary is then rebuilt from it and must reproduce the fitted vectors.
@@ -401,7 +408,10 @@ class ContentKNN(Recommender):
         n_new = n_old + len(appended)
         rows = self._item_rows(features.reset_index(drop=True), data)
 
-        def grown(values: np.ndarray, fill: float) -> np.ndarray:
+        def grown(values: np.ndarray, fill: float | None = None) -> np.ndarray:
+            """``values`` with the appended items' entries: ``fill``, or the fit's median."""
+            if fill is None:
+                fill = float(np.median(values[:base])) if base else 0.0
             return np.concatenate([values, np.full(n_new - n_old, fill, dtype=values.dtype)])
 
         def widened(matrix: Any) -> Any:
@@ -410,13 +420,13 @@ class ContentKNN(Recommender):
             return type(matrix)(out)
 
         self.n_fitted_items = base
-        self.popularity = grown(self.popularity, 0.0)
-        self.log_popularity = grown(self.log_popularity, 0.0)
+        self.popularity = grown(self.popularity)
+        self.log_popularity = grown(self.log_popularity)
         self.item_means = grown(self.item_means, self.global_mean)
         self.user_history = widened(self.user_history)
         if self.space is not None:
             self.warm_touched, self.warm_ratings = widened(self.warm_touched), widened(self.warm_ratings)
-            self.pop_share = grown(self.pop_share, 0.0)
+            self.pop_share = grown(self.pop_share)
         if self.fitted_on is not None:
             self.fitted_on = (self.fitted_on[0], n_new)
         if self.vectors is not None:
@@ -536,7 +546,13 @@ class ContentKNN(Recommender):
         counts = np.asarray(weights @ self.warm_touched[rows]).ravel()
         total = counts.sum()
         lam = self.profile_popularity
-        direct = (1 - lam) * counts[items] / max(total, 1e-12) + lam * self.pop_share[items]
+        share = counts / max(total, 1e-12)
+        # items added after the fit: the neighbours could not have touched them, so their share
+        # is unknown, not none; the median fitted item's, as their popularity is
+        fitted = getattr(self, "n_fitted_items", None) or len(share)
+        if fitted < len(share):
+            share[fitted:] = np.median(share[:fitted])
+        direct = (1 - lam) * share[items] + lam * self.pop_share[items]
         if self.vectors is None or total <= 0:
             return direct
         # content similarity of each candidate to the neighbours' interaction mix, measured

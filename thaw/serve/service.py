@@ -8,9 +8,11 @@ next event moves them along the stack's bands on their very next request.
 
 Items the model was not fitted with (a ``PUT /v1/items`` after the fit) are scored by the
 stack's content member, which is given them on arrival (``ContentKNN.extend_items``); the
-other members abstain on them. Answers are cached per user in a
-bounded LRU, stamped with everything they depend on (the user's profile revision and last
-event, the catalogue revision), so an event posted through any worker invalidates them.
+other members abstain on them, so each new item is put where the content member ranks it
+among the catalogue, at the stack's score for that place (``on_the_stacks_scale``). Answers
+are cached per user in a bounded LRU, stamped with everything they depend on (the user's
+profile revision and last event, the catalogue revision), so an event posted through any
+worker invalidates them.
 """
 
 from __future__ import annotations
@@ -132,6 +134,34 @@ class ContentExtension:
         except Exception:  # noqa: BLE001 - a member this cannot extend: new items go last
             return False
         return out.shape == (n_total,) and not np.isnan(out).any()
+
+
+def on_the_stacks_scale(content: np.ndarray, stack: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Scores for the items after the stack's (``content[len(stack):]``, the new items), on
+    the stack's scale: each takes the stack's score at the quantile its content score reaches
+    among the content scores of the catalogue items the user has not seen (ties count half).
+
+    Why by rank: the content member is the only one that scores both kinds of item, so where
+    it ranks a new item among the catalogue is all there is to go on, and only that rank
+    carries over: the stack's scores and the content member's are spread differently (a
+    z-score of one is not a z-score of the other; set among the stack's, a new item's
+    content z-score moved with the stack's spread). Seen items are left out on both sides:
+    they are not candidates, and content puts them first (they are the support). So a new
+    item is first only when it beats every unseen catalogue item on content (and then ties
+    with the stack's best, listed first), last only when it loses to all; where the stack is
+    the content member, this is its own ranking."""
+    content = np.asarray(content, dtype=np.float64)
+    stack = np.asarray(stack, dtype=np.float64)
+    n = len(stack)
+    new = content[n:]
+    reference = np.setdiff1d(np.flatnonzero(np.isfinite(stack)), seen)
+    if len(reference) == 0:  # every rankable item seen: rank against them all
+        reference = np.flatnonzero(np.isfinite(stack))
+    if len(reference) == 0:
+        return np.zeros(len(new))  # nothing of the stack's to rank against; content orders them
+    ours = np.sort(content[reference])
+    quantile = (np.searchsorted(ours, new, "left") + np.searchsorted(ours, new, "right")) / (2 * len(ours))
+    return np.quantile(stack[reference], quantile)
 
 
 class SourceUnsupported(ThawError):
@@ -280,15 +310,13 @@ class Service:
             trips = getattr(self.model, "last_trips", None)
             tripped = bool(trips[0]) if trips else False
             if n_total > self.n_model_items:
-                from thaw.stack.router import normalise
-
-                scores = normalise(scores)
-                extra = np.arange(self.n_model_items, n_total)
                 if self.content is not None:
-                    content = normalise(self.content.score(Context(None, full, dict(profile)), np.arange(n_total)))
-                    scores = np.concatenate([scores, content[extra]])
+                    content = self.content.score(Context(None, full, dict(profile)), np.arange(n_total))
+                    scores = np.concatenate([scores, on_the_stacks_scale(content, scores, np.unique(full.item))])
                 else:  # nothing can score a new item: after every known one
-                    scores = np.concatenate([scores, np.full(len(extra), scores.min() - 1.0)])
+                    finite = scores[np.isfinite(scores)]
+                    floor = finite.min() - 1.0 if len(finite) else -np.inf
+                    scores = np.concatenate([scores, np.full(n_total - self.n_model_items, floor)])
         scores = np.where(np.isfinite(scores), scores, -np.inf)
         if tripped:
             self.metrics.count("thaw_breaker_trips_total")
