@@ -9,7 +9,7 @@ import pytest
 
 from thaw.eval.glance import family_of, heat_table, highlight, verdicts
 from thaw.eval.protocol import EvalResult
-from thaw.eval.report import write_results
+from thaw.eval.report import format_tables, write_results
 from thaw.eval.statistics import compare, summarise
 
 KS = (1, 3, 5, 10)
@@ -154,3 +154,11 @@ def test_the_curve_keeps_the_strong_bands_inside_its_range_and_ticks_round():
     top = table.loc[table["model"] == "sasrec", "high"].max()
     ticks = [float(t) for t in re.findall(r"text-anchor='end'>([-0-9.e]+)<", svg)]
     assert max(ticks) >= top - 0.1 and "clip-path" in svg
+
+
+def test_the_headers_count_the_evaluated_users_once_and_say_why_not_all():
+    result = planted_result()
+    result.meta = {**result.meta, "split": "new-user split: 200 test users", "ks": list(KS)}
+    text = format_tables(result).splitlines()[0]
+    assert "200 test users; 60 of them evaluated (those with more than 10 interactions)" in text, text
+    assert text.count("test users") == 1

@@ -56,12 +56,20 @@ def wide_table(result: EvalResult, metric: str) -> pd.DataFrame:
     return wide.loc[order]
 
 
+def evaluated(meta: Mapping[str, Any]) -> str:
+    """How many of the split's test users the tables average over, and why not all: the split's
+    own description already gives its count of test users, a second bare count read as a typo."""
+    ks = meta.get("ks") or []
+    why = f" (those with more than {max(ks)} interactions)" if ks else ""
+    return f"{meta.get('test_users', '?')} of them evaluated{why}"
+
+
 def format_tables(result: EvalResult) -> str:
     """Plain-text K-stratified tables, one per metric, each cell the mean and the half-width of
     its 95% interval (0.706 ±0.05), with random and pop always shown."""
     protocol = result.meta.get("protocol", "")
-    lines = [f"== {protocol}: {result.meta.get('split', '')}; "
-             f"{result.meta.get('test_users', '?')} test users; mean ±half the 95% interval =="]
+    lines = [f"== {protocol}: {result.meta.get('split', '')}; {evaluated(result.meta)}; "
+             "mean ±half the 95% interval =="]
     for metric in METRICS.get(protocol, sorted(result.table["metric"].unique())):
         if metric not in set(result.table["metric"]):
             continue
@@ -360,7 +368,7 @@ def render_html(results: Sequence[EvalResult], plot: Path, prov: dict[str, Any],
         parts.append(f"<h2>{html.escape(result.meta.get('split_kind', ''))} split, "
                      f"{html.escape(result.meta['protocol'])}</h2><p>"
                      f"{html.escape(result.meta.get('split', ''))}; "
-                     f"{result.meta.get('test_users')} test users; candidates: "
+                     f"{evaluated(result.meta)}; candidates: "
                      f"{html.escape(str(result.meta.get('candidates')))}</p>")
         for note in result.warnings:
             parts.append(f"<p class='warn'>warning: {html.escape(note)}</p>")
