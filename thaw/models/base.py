@@ -377,7 +377,8 @@ class MemberOutputs:
 
     def at(self, ks: Collection[int]) -> MemberOutputs:
         """Only the episodes at a K of ``ks``, with their outputs and confidences."""
-        keep = [i for i, e in enumerate(self.episodes) if e.k in set(ks)]
+        wanted = set(ks)
+        keep = [i for i, e in enumerate(self.episodes) if e.k in wanted]
         return MemberOutputs([self.episodes[i] for i in keep],
                              {m: [o[i] for i in keep] for m, o in self.outputs.items()},
                              {m: c[keep] for m, c in self.confidences.items()})
