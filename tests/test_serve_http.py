@@ -3,6 +3,7 @@ lost when the server is killed with SIGKILL mid-stream, on SQLite and on a real 
 server that this file starts itself (skipped only where no PostgreSQL is installed; .ci/run
 installs it)."""
 
+import http.client
 import json
 import os
 import signal
@@ -102,8 +103,8 @@ class Writers:
             n += BATCH
             try:
                 status, _ = call(self.ports[w % len(self.ports)], "POST", "/v1/events", {"events": batch}, timeout=10)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                status = None
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError):
+                status = None  # no answer, or one cut short by the kill: not acknowledged
             with self.lock:
                 (self.acked if status == 200 else self.unacked).append(batch)
                 if status not in (200, None):
