@@ -219,3 +219,62 @@ def test_out_of_fold_users_bring_their_source_history_on_cross_domain_data():
         for user, history in fold.sources.items():
             assert (history.user == -1).all()
             assert sorted(history.item) == sorted(source.item[source.user == user])
+
+
+class Noise(Recommender):
+    """Scores that say nothing about the target; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def fit(self, data, validate=None):
+        return self
+
+    def score(self, ctx, items):
+        self.calls += 1
+        return np.random.default_rng([7, len(items), len(ctx.history), self.calls]).random(len(items))
+
+
+@pytest.mark.parametrize("stacker", ["lgbm", "fwls"])
+def test_a_member_that_adds_nothing_is_dropped_and_no_longer_asked(split, stacker):
+    def fitted(drop_below):
+        members = {"for-men": RightFor("M"), "for-women": RightFor("F", seed=1), "noise": Noise(),
+                   "segment-pop": make_model("segment-pop")}
+        stack = Stack(members=members, validation_ks=KS, time_budget=None, stacker=stacker, folds=3,
+                      drop_below=drop_below)
+        return stack.fit(split.train, validate=SplitValidator(split, "next-item"))
+
+    kept, lean = fitted(0.0), fitted(0.05)
+    ctx = Context(None, split.test[next(iter(split.test))].take(slice(0, 3)), profile={"gender": "M"})
+    assert kept.learned["next-item"]["dropped"] == [] and "noise" in kept.needed("next-item", ctx)
+    state = lean.learned["next-item"]
+    assert state["dropped"] == ["noise"] and set(state["members"]) == {"for-men", "for-women", "segment-pop"}
+    assert "dropped (they added nothing validation could see): noise" in lean.explain()
+    # The learner without it is as good on test users, and a request no longer asks it.
+    assert mean_ndcg(lean, split) > 0.95
+    noise = lean.members["noise"]
+    calls = noise.calls
+    lean.score(ctx, np.arange(split.train.n_items))
+    assert noise.calls == calls and "noise" not in lean.needed("next-item", ctx)
+
+
+class OnlyFor(RightFor):
+    """Right for one gender, noise for the other (RightFor's last-for-the-rest is a signal too:
+    a learner can read it upside down, so without its twin it adds nothing)."""
+
+    def score(self, ctx, items):
+        noise = np.random.default_rng([self.seed, len(items), len(ctx.history)]).random(len(items))
+        right = ctx.profile.get("gender") == self.gender
+        return noise + np.where((np.arange(len(items)) == 0) & right, 2.0, 0.0)
+
+
+def test_a_member_the_learner_needs_is_never_dropped(split):
+    # Each is the only one right for its group (30% and 70% of users): even told to try
+    # dropping every member, the learner keeps both, as validation sees each one's loss.
+    members = {"for-men": OnlyFor("M"), "for-women": OnlyFor("F", seed=1),
+               "segment-pop": make_model("segment-pop")}
+    stack = Stack(members=members, validation_ks=KS, time_budget=None, stacker="lgbm", folds=3,
+                  drop_below=0.99)
+    stack.fit(split.train, validate=SplitValidator(split, "next-item"))
+    assert {"for-men", "for-women"} <= set(stack.learned["next-item"]["members"])
+    assert mean_ndcg(stack, split) > 0.95

@@ -21,6 +21,7 @@ the stack; which one answers is chosen on validation users.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -99,6 +100,12 @@ class Features:
         """Names of the request features FWLS weights its members by."""
         cats = [f"{k}={v}" for k, vocab in self._weighted().items() for v in vocab]
         return ["intercept", "log_k", "k=0", *self.numeric, *cats]
+
+    def without(self, dropped: Sequence[str]) -> Features:
+        """The same features with the members ``dropped`` left out (their three columns)."""
+        out = copy.copy(self)
+        out.members = [m for m in self.members if m not in set(dropped)]
+        return out
 
     # --- values ---------------------------------------------------------------------------
 
@@ -220,6 +227,15 @@ class Table:
         self.requests = np.stack(requests) if requests else np.zeros((0, len(features.request_names())))
         self.episode = np.repeat(np.arange(len(sizes)), self.sizes)
         self.truths = [ep.truth for ep in episodes]
+
+    def narrowed(self, full: Features, kept: Features) -> Table:
+        """This table with only the columns of ``kept`` (``full`` less some members), so a
+        learner can be refitted without a member without making every row again."""
+        names = full.names()
+        out = copy.copy(self)
+        out.x = self.x[:, [names.index(n) for n in kept.names()]]
+        out.scores = out.x[:, :len(kept.members)]
+        return out
 
     def split_outputs(self, flat: np.ndarray) -> list[np.ndarray]:
         """A flat per-row vector cut back into one array per episode."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -116,8 +117,9 @@ class Stack(Recommender, LearnsFromOutputs):
     ``members`` are names (made with ``seed`` and fitted by the stack) or Recommender
     instances; pass ``fitted=True`` when the instances are already fitted. The fallback
     (segment popularity) is added when absent: the breaker needs it. ``content`` names the
-    member that scores items with few training interactions (item bands). ``stacker``, ``folds``
-    and ``max_learned`` shape the learned stacker (see ``fit``); ``jobs`` worker processes run
+    member that scores items with few training interactions (item bands). ``stacker``, ``folds``,
+    ``max_learned`` and ``drop_below`` shape the learned stacker (see ``fit`` and
+    ``_drop_members``; 0 keeps every member it reads); ``jobs`` worker processes run
     its out-of-fold fits in ``fit`` (an evaluation uses its own).
     """
 
@@ -131,8 +133,8 @@ class Stack(Recommender, LearnsFromOutputs):
                  item_bands: Sequence[Sequence[int | None]] = ITEM_BANDS, max_blend: int = 3,
                  blend_step: float = 0.1, min_users: int = 10, time_budget: float | None = 2.0,
                  validation_ks: Sequence[int] = VALIDATION_KS, content: str = "content",
-                 stacker: str = "auto", folds: int = 5, max_learned: int = 6, jobs: int = 1,
-                 seed: int = 0) -> None:
+                 stacker: str = "auto", folds: int = 5, max_learned: int = 6, drop_below: float = 0.05,
+                 jobs: int = 1, seed: int = 0) -> None:
         # Imported here, not at the top: the registry imports this module.
         from thaw.registry import make_model
 
@@ -164,7 +166,10 @@ class Stack(Recommender, LearnsFromOutputs):
             raise ThawError(f"max_learned must be at least 1, not {max_learned}")
         if jobs < 1:
             raise ThawError(f"jobs must be at least 1, not {jobs}")
+        if not 0.0 <= drop_below < 1.0:
+            raise ThawError(f"drop_below is a share of the effective weight, in [0, 1), not {drop_below}")
         self.stacker, self.folds, self.max_learned, self.jobs = stacker, folds, max_learned, jobs
+        self.drop_below = drop_below
         self.seed = seed
         self.task = "next-item"
         self.learned: dict[str, dict[str, Any]] = {}
@@ -281,39 +286,100 @@ class Stack(Recommender, LearnsFromOutputs):
     def _learn_stacker(self, episodes: Sequence[Any], outputs: Mapping[str, Sequence[np.ndarray]],
                        confidences: Mapping[str, np.ndarray], oof: OutOfFold) -> dict[str, Any]:
         """FWLS (its ridge weight chosen on validation users) and LightGBM (its rounds stopped
-        on them) fitted on the out-of-fold episodes; the one validation prefers is kept."""
+        on them) fitted on the out-of-fold episodes; the one validation prefers is kept, after
+        the members that add nothing to it are dropped (``_drop_members``)."""
         task = self.task
         members = [m for m in oof.outputs if m in outputs]
         features = learned.Features(members, task, self.item_counts, [e.context.profile for e in oof.episodes])
         train = learned.Table(features, oof.episodes, oof.outputs, oof.confidences, oof.item_counts or None)
         valid = learned.Table(features, episodes, outputs, confidences)
-        scores: dict[str, float] = {}
-        fwls, booster = None, None
-        if self.stacker in ("auto", "fwls"):
-            scores["fwls"] = -np.inf
-            for penalty in learned.PENALTIES:
-                params = learned.fwls_fit(train, task, penalty)
-                value = self._validation_value(valid, episodes, task, "fwls", params, None)
-                if value > scores["fwls"]:
-                    scores["fwls"], fwls = value, params | {"penalty": np.array([penalty])}
-        if self.stacker in ("auto", "lgbm"):
-            booster = learned.lgbm_fit(train, valid, features, task, self.seed)
-            scores["lgbm"] = self._validation_value(valid, episodes, task, "lgbm", None,
-                                                    learned.lgbm_booster(booster))
-        kind = max(scores, key=lambda k: scores[k])
-        state = {"kind": kind, "members": members, "features": dict(vars(features)), "fwls": fwls,
-                 "booster": booster, "validation": scores, "oof_episodes": len(oof.episodes),
-                 "oof_users": len({e.user for e in oof.episodes}), "folds": self.folds,
-                 "fold_by": getattr(oof, "by", "users")}
+        kinds = [k for k in learned.LEARNERS if self.stacker in ("auto", k)]
+        fitted = self._fit_learners(kinds, train, valid, features, episodes)
+        kind = max(fitted, key=lambda k: fitted[k][1].mean())
+        with_all = {k: float(v.mean()) for k, (_, v) in fitted.items()}
+        dropped, refit = self._drop_members(kind, fitted[kind], train, valid, features, episodes)
+        if dropped:
+            kept = features.without(dropped)
+            train, valid = train.narrowed(features, kept), valid.narrowed(features, kept)
+            features = kept
+            others = [k for k in kinds if k != kind]
+            fitted = {kind: refit, **self._fit_learners(others, train, valid, features, episodes)}
+            kind = max(fitted, key=lambda k: fitted[k][1].mean())
+        state = {"kind": kind, "members": features.members, "features": dict(vars(features)),
+                 "fwls": fitted["fwls"][0] if "fwls" in fitted else None,
+                 "booster": fitted["lgbm"][0] if "lgbm" in fitted else None,
+                 "validation": {k: float(v.mean()) for k, (_, v) in fitted.items()},
+                 "dropped": dropped, "validation_with_all": with_all,
+                 "oof_episodes": len(oof.episodes), "oof_users": len({e.user for e in oof.episodes}),
+                 "folds": self.folds, "fold_by": getattr(oof, "by", "users")}
         self.learned[task] = state
         self._models = None
         state["summary"] = self._summarise(task, episodes, valid, features)
         return state
 
-    def _validation_value(self, valid: Any, episodes: Sequence[Any], task: str, kind: str, params: Any,
-                          booster: Any) -> float:
+    def _fit_learners(self, kinds: Sequence[str], train: Any, valid: Any, features: Any,
+                      episodes: Sequence[Any]) -> dict[str, tuple[Any, np.ndarray]]:
+        """Each learner of ``kinds`` fitted on ``train``: its fitted state (FWLS's weights, or
+        LightGBM's model text) and its value on every validation episode."""
+        task, out = self.task, {}
+        if "fwls" in kinds:
+            for penalty in learned.PENALTIES:
+                params = learned.fwls_fit(train, task, penalty)
+                values = self._validation_values(valid, episodes, task, "fwls", params, None)
+                if "fwls" not in out or values.mean() > out["fwls"][1].mean():
+                    out["fwls"] = (params | {"penalty": np.array([penalty])}, values)
+        if "lgbm" in kinds:
+            booster = learned.lgbm_fit(train, valid, features, task, self.seed)
+            out["lgbm"] = (booster, self._validation_values(valid, episodes, task, "lgbm", None,
+                                                            learned.lgbm_booster(booster)))
+        return out
+
+    def _drop_members(self, kind: str, fitted: tuple[Any, np.ndarray], train: Any, valid: Any,
+                      features: Any, episodes: Sequence[Any]) -> tuple[list[str], Any]:
+        """The members the learner ``kind`` can do without, and its refit without them.
+
+        Every member costs each request its call (issue 24: one fomaml call was 17 ms of a
+        50 ms answer), so those whose effective weight on validation users is below
+        ``drop_below`` are tried: all at once first, then one at a time, lightest first. A
+        drop is kept when validation users lose at most one standard error of the paired
+        per-episode difference from the learner with every member (the table's rule), so what
+        is dropped added nothing that validation can see. The fallback always stays."""
+        if not getattr(self, "drop_below", 0.0):
+            return [], None
+        basis = self._weight_basis(kind, fitted[0], valid)
+        weights = self._effective_weights(kind, basis, valid, features, np.ones(len(valid.x), dtype=bool))
+        if kind == "fwls":  # mean weights, on the members' scales: their shares of the total
+            total = sum(abs(w) for w in weights.values()) or 1.0
+            weights = {m: abs(w) / total for m, w in weights.items()}
+        light = sorted((m for m in features.members if m != FALLBACK and abs(weights[m]) < self.drop_below),
+                       key=lambda m: (abs(weights[m]), m))
+        if not light or len(light) == len(features.members):
+            return [], None
+
+        def refit(dropped: list[str]) -> tuple[Any, np.ndarray] | None:
+            kept = features.without(dropped)
+            found = self._fit_learners([kind], train.narrowed(features, kept), valid.narrowed(features, kept),
+                                       kept, episodes)[kind]
+            loss = fitted[1] - found[1]
+            error = loss.std(ddof=1) / math.sqrt(len(loss)) if len(loss) > 1 else 0.0
+            return found if loss.mean() <= error else None
+
+        every = refit(light)
+        if every is not None:
+            return light, every
+        dropped, kept_fit = [], None
+        for member in light:
+            if len(dropped) == len(light) - 1:  # all of them together: refused above
+                break
+            found = refit([*dropped, member])
+            if found is not None:
+                dropped, kept_fit = [*dropped, member], found
+        return dropped, kept_fit
+
+    def _validation_values(self, valid: Any, episodes: Sequence[Any], task: str, kind: str, params: Any,
+                           booster: Any) -> np.ndarray:
         answers = self._learned_answers(valid, task, kind, params, booster)
-        return float(np.mean([episode_value(a, e.truth, task)[0] for a, e in zip(answers, episodes, strict=True)]))
+        return np.array([episode_value(a, e.truth, task)[0] for a, e in zip(answers, episodes, strict=True)])
 
     @staticmethod
     def _learned_answers(table: Any, task: str, kind: str, params: Any, booster: Any) -> list[np.ndarray]:
@@ -324,34 +390,47 @@ class Stack(Recommender, LearnsFromOutputs):
             flat = learned.fwls_apply(params, table.requests, table.scores, table.x[:, -1], table.episode)
         return table.split_outputs(flat)
 
+    @staticmethod
+    def _weight_basis(kind: str, model: Any, valid: Any) -> Any:
+        """What effective weights are read from: LightGBM's absolute contributions on every
+        validation row (TreeSHAP, computed once), or FWLS's fitted weights."""
+        if kind == "lgbm":
+            return np.abs(learned.lgbm_contributions(learned.lgbm_booster(model), valid.x))
+        return model
+
+    @staticmethod
+    def _effective_weights(kind: str, basis: Any, valid: Any, features: Any,
+                           rows: np.ndarray) -> dict[str, float]:
+        """Each member's effective weight over the validation rows ``rows``: FWLS its mean
+        weight, LightGBM its share of the mean absolute contribution."""
+        members = features.members
+        if kind == "lgbm":
+            mean = basis[rows].mean(axis=0)
+            names = features.names()
+            total = float(mean.sum()) or 1.0
+            return {m: float(sum(mean[j] for j, n in enumerate(names) if n.startswith(f"{m}:"))) / total
+                    for m in members}
+        requests = valid.requests[np.unique(valid.episode[rows])]
+        return {m: float(w) for m, w in zip(members, (requests @ basis["weights"]).mean(axis=0), strict=True)}
+
     def _summarise(self, task: str, episodes: Sequence[Any], valid: Any, features: Any) -> list[dict[str, Any]]:
-        """Per band of validation episodes: each member's effective weight (FWLS: its mean
-        weight; LightGBM: its share of the mean absolute contribution) and the top features."""
+        """Per band of validation episodes: each member's effective weight and the top features."""
         state = self.learned[task]
-        members = state["members"]
+        kind = state["kind"]
+        basis = self._weight_basis(kind, state["booster"] if kind == "lgbm" else state["fwls"], valid)
         bands = np.array([band_of(len(e.context.history), self.bands) for e in episodes], dtype=int)
         names = features.names()
-        if state["kind"] == "lgbm":
-            contrib = np.abs(learned.lgbm_contributions(learned.lgbm_booster(state["booster"]), valid.x))
-        else:
-            weights = valid.requests @ state["fwls"]["weights"]
         out = []
         for b, band in enumerate(self.bands):
             idx = np.flatnonzero(bands == b)
             if not len(idx):
                 continue
-            if state["kind"] == "lgbm":
-                rows = np.isin(valid.episode, idx)
-                mean = contrib[rows].mean(axis=0)
-                share = {m: float(sum(mean[j] for j, n in enumerate(names) if n.startswith(f"{m}:")))
-                         for m in members}
-                total = float(mean.sum()) or 1.0
-                effective = {m: v / total for m, v in share.items()}
-                top = [names[j] for j in np.argsort(-mean)[:3]]
+            rows = np.isin(valid.episode, idx)
+            effective = self._effective_weights(kind, basis, valid, features, rows)
+            if kind == "lgbm":
+                top = [names[j] for j in np.argsort(-basis[rows].mean(axis=0))[:3]]
             else:
-                mean = weights[idx].mean(axis=0)
-                effective = {m: float(w) for m, w in zip(members, mean, strict=True)}
-                top = [members[j] for j in np.argsort(-np.abs(mean))[:3]]
+                top = sorted(effective, key=lambda m: -abs(effective[m]))[:3]
             out.append({"band": band_label(band), "episodes": int(len(idx)), "weights": effective, "top": top})
         return out
 
@@ -681,7 +760,8 @@ class Stack(Recommender, LearnsFromOutputs):
         learned stacker (without its fitted state), item weights and explanation."""
         return {"members": list(self.members), "table": self.tables[task],
                 "learned": {k: v for k, v in self.learned.get(task, {}).items()
-                            if k in ("kind", "members", "validation", "summary", "oof_episodes", "folds")},
+                            if k in ("kind", "members", "validation", "summary", "oof_episodes", "folds",
+                                     "dropped", "validation_with_all")},
                 "item_weights": self.item_weights[task], "item_bands": self.item_bands,
                 "explain": self.explain()}
 
@@ -722,12 +802,23 @@ class Stack(Recommender, LearnsFromOutputs):
                  f"  learned from {state['oof_episodes']} out-of-fold episodes of {state['oof_users']} "
                  f"training users ({state['folds']} folds of {state.get('fold_by', 'users')}); "
                  f"members: {', '.join(state['members'])}",
+                 *self._explain_dropped(state, metric),
                  "  effective weight per band (" + ("share of mean |contribution|" if state["kind"] == "lgbm"
                                                    else "mean member weight") + ") and top features:"]
         for band in state.get("summary", []):
             weights = ", ".join(f"{m} {w:.2f}" for m, w in sorted(band["weights"].items(), key=lambda x: -abs(x[1])))
             lines.append(f"  {band['band']:6s} {weights}  | top: {', '.join(band['top'])}")
         return lines
+
+
+    @staticmethod
+    def _explain_dropped(state: Mapping[str, Any], metric: str) -> list[str]:
+        dropped = state.get("dropped")
+        if not dropped:
+            return []
+        before = ", ".join(f"{k} {v:.4f}" for k, v in state["validation_with_all"].items())
+        return [f"  dropped (they added nothing validation could see): {', '.join(dropped)} "
+                f"(validation {metric} with them: {before})"]
 
 
 def _transferable(context: Context) -> bool:
