@@ -237,6 +237,23 @@ def test_health_readiness_and_metrics(client):
     assert client.get("/openapi.json").json()["paths"]["/v1/events"]
 
 
+def test_workers_sharing_a_folder_each_answer_a_scrape_with_the_sum_of_all(tmp_path):
+    from thaw.serve.metrics import Metrics
+
+    first, second = Metrics(tmp_path, name="a"), Metrics(tmp_path, name="b")
+    first.count("thaw_events_stored_total", 3)
+    second.count("thaw_events_stored_total", 4)
+    first.observe("thaw_model_seconds", 0.002)
+    second.observe("thaw_model_seconds", 0.2)
+    second.flush()  # what its thread does within a second
+    text = first.render()
+    assert "thaw_events_stored_total 7" in text and "thaw_metrics_workers 2" in text
+    assert "thaw_model_seconds_count 2" in text and 'thaw_model_seconds_bucket{le="0.0025"} 1' in text
+    alone = Metrics()  # no shared folder: its own totals only
+    alone.count("thaw_events_stored_total", 3)
+    assert "thaw_events_stored_total 3" in alone.render() and "thaw_metrics_workers 1" in alone.render()
+
+
 def test_schema_is_versioned_and_a_newer_one_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert Store(url).init() == 0

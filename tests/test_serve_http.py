@@ -43,15 +43,16 @@ def call(port, method, path, body=None, timeout=30):
 class Server:
     """`python -m thaw.serve` as a subprocess on a free loopback port."""
 
-    def __init__(self, model_dir, db, log):
-        self.model_dir, self.db, self.log = model_dir, db, log
+    def __init__(self, model_dir, db, log, workers=1):
+        self.model_dir, self.db, self.log, self.workers = model_dir, db, log, workers
         self.port = free_port()
         self.proc = None
 
     def start(self, timeout=120):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "thaw.serve", str(self.model_dir), "--db", self.db,
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                      "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--workers", str(self.workers)],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -189,6 +190,32 @@ def test_recommendations_over_http_follow_the_users_events(tiny_stack, tmp_path,
                 text = response.read().decode()
         assert "thaw_reloads_total 1" in text
         assert call(server.port, "GET", "/v1/users/fresh/recommendations?n=5")[1]["items"] == warm["items"]
+    finally:
+        server.stop()
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_two_workers_answer_a_scrape_with_both_workers_counts(tiny_stack, tmp_path, server_log):
+    server = Server(tiny_stack, f"sqlite:///{tmp_path / 'thaw.db'}", server_log, workers=2).start()
+    try:
+        deadline = time.monotonic() + 60  # the second worker may still be loading the model
+        while "thaw_metrics_workers 2" not in scrape(server.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "thaw_metrics_workers 2" in scrape(server.port)
+        for n in range(10):  # new connections each: the kernel hands them to either worker
+            batch = [{"event_id": f"m{n}-{k}", "user": f"metered{n}", "item": f"i{k}", "kind": "click", "ts": k}
+                     for k in range(3)]
+            assert call(server.port, "POST", "/v1/events", {"events": batch})[0] == 200
+        deadline = time.monotonic() + 10
+        while "thaw_events_stored_total 30" not in scrape(server.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = scrape(server.port)
+        assert "thaw_events_stored_total 30" in text
+        assert 'thaw_requests_total{method="POST",route="/v1/events",status="200"} 10' in text
     finally:
         server.stop()
 

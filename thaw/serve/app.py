@@ -420,11 +420,13 @@ def bandit_log_csv(store: Store) -> str:
 def from_env() -> Any:
     """The app for one uvicorn worker: the model folder and store URL from THAW_SERVE_MODEL and
     THAW_SERVE_DB (set by ``thaw serve``), tokens from THAW_API_TOKENS and the file named by
-    THAW_SERVE_TOKENS_FILE, the schema created or checked first."""
+    THAW_SERVE_TOKENS_FILE, the folder the workers' metrics are summed in from
+    THAW_SERVE_METRICS_DIR, the schema created or checked first."""
     store = Store(os.environ["THAW_SERVE_DB"])
     store.init()
     live = Live(Service(os.environ["THAW_SERVE_MODEL"], store,
-                        cache_size=int(os.environ.get("THAW_SERVE_CACHE", "4096"))))
+                        cache_size=int(os.environ.get("THAW_SERVE_CACHE", "4096")),
+                        metrics=Metrics(os.environ.get("THAW_SERVE_METRICS_DIR") or None)))
     live.current.restore_policy()
     live.adopt()  # the model the replicas serve now, which a reload may have changed since the start
     if hasattr(signal, "SIGHUP"):  # SIGHUP: reload the model folder, off the signal handler's thread

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -57,11 +58,13 @@ def serve(
                f"and {items} items of {service.data.name}; model {service.version}")
     store.close()
     del service
-    os.environ.update(THAW_SERVE_MODEL=str(model_dir), THAW_SERVE_DB=db, THAW_SERVE_CACHE=str(cache),
-                      THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens),
-                      THAW_SERVE_RESULTS="" if results is None else str(results))
-    uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10, loop=loop, http=http)
+    with tempfile.TemporaryDirectory(prefix="thaw-metrics-") as shared:  # the workers' /metrics, summed
+        os.environ.update(THAW_SERVE_MODEL=str(model_dir), THAW_SERVE_DB=db, THAW_SERVE_CACHE=str(cache),
+                          THAW_SERVE_TOKENS_FILE="" if tokens is None else str(tokens),
+                          THAW_SERVE_RESULTS="" if results is None else str(results),
+                          THAW_SERVE_METRICS_DIR=shared if workers > 1 else "")
+        uvicorn.run("thaw.serve.app:from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=10, loop=loop, http=http)
 
 
 def _check_can_listen(host: str, port: int) -> None:
