@@ -224,3 +224,30 @@ def test_adapting_one_task_matches_the_vmapped_adaptation(meta_learner, small_sp
     for name, value in alone.items():
         assert torch.allclose(value, batched[name][0], rtol=1e-5, atol=1e-6), name
     assert any(not torch.equal(alone[k], start[k]) for k in alone)  # it moved
+
+
+@pytest.mark.parametrize("name", ["deepfm", "widedeep"])
+def test_one_user_through_the_kept_item_side_is_the_networks_forward(name, small_split):
+    """A profile-only feature model scores one user from a per-item table computed once (the
+    first layer, FM and wide terms split into item and user parts): the outputs are forward's,
+    and the table follows the weights when they change."""
+    model = make_model(name, epochs=1)
+    model.set_task("next-item")
+    model.fit(small_split.train)
+    every = np.arange(small_split.train.n_items)
+
+    def forward(ctx, items):
+        rows = model._candidate_rows([ctx], [items])
+        with torch.no_grad():
+            return model.net(rows).numpy()[0, :len(items)]
+
+    for ctx in contexts(small_split) + [Context(None)]:
+        for items in (every, every[::-3]):
+            assert np.allclose(model.score(ctx, items), forward(ctx, items), rtol=1e-5, atol=1e-5)
+    ctx = contexts(small_split)[1]
+    before = model.score(ctx, every)
+    with torch.no_grad():  # a training step (in place) makes the kept table stale
+        for p in model.net.parameters():
+            p.mul_(1.5)
+    after = model.score(ctx, every)
+    assert not np.allclose(after, before) and np.allclose(after, forward(ctx, every), rtol=1e-5, atol=1e-5)
