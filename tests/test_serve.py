@@ -579,3 +579,18 @@ def test_an_answer_the_breaker_tripped_is_not_cached(service, monkeypatch):
     tripped = service.recommend("a", 10)
     assert tripped.answer.route["breaker_tripped"]
     assert not service.recommend("b", 10).cached
+
+
+def test_a_service_warms_its_model_up_before_its_first_request(tiny_stack, store, monkeypatch):
+    """What the model builds on first use is paid at start, not by the first user (on a busy
+    machine it ran past a member's time budget and sent that request to the fallback)."""
+    from thaw.stack import Stack
+
+    asked = []
+    score = Stack.score
+    monkeypatch.setattr(Stack, "score",
+                        lambda self, ctx, items: asked.append(len(ctx.history)) or score(self, ctx, items))
+    Service(tiny_stack, store, warm=False)
+    assert asked == []
+    Service(tiny_stack, store)
+    assert asked == [0, 1]
