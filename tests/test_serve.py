@@ -594,3 +594,22 @@ def test_a_service_warms_its_model_up_before_its_first_request(tiny_stack, store
     assert asked == []
     Service(tiny_stack, store)
     assert asked == [0, 1]
+
+
+def test_putting_an_item_does_not_wait_for_the_model(service):
+    """A PUT is the store's write alone; the item reaches the catalogue on the next request."""
+    import threading
+
+    done = threading.Event()
+
+    def put() -> None:
+        service.put_item("quick", {"title": "Quick", "genres": ["Drama"], "year": 1990}, "")
+        done.set()
+
+    with service.lock:  # a recommendation holding the model
+        writer = threading.Thread(target=put)
+        writer.start()
+        assert done.wait(10)
+    writer.join()
+    ranked = service.recommend("someone", 1000).items
+    assert "quick" in {item for item, _ in ranked}

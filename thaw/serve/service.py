@@ -551,9 +551,11 @@ class Service:
         return written
 
     def put_item(self, item: str, features: Mapping[str, Any], text: str) -> bool:
-        created = self.store.put_item(item, features, text)
-        self.sync_catalogue()
-        return created
+        """Store the item; the next recommendation (of any worker or replica) takes it into
+        the catalogue, as it does an item another worker stored. Not here: that takes the
+        model's lock, so under load a PUT queued behind every waiting recommendation (0.8 s
+        at the median with 32 clients) for a 10 ms write."""
+        return self.store.put_item(item, features, text)
 
     def put_user(self, user: str, profile: Mapping[str, Any]) -> bool:
         created = self.store.put_user(user, self.check_profile(profile, ["body", "profile"]))
