@@ -9,6 +9,7 @@ from thaw.data.splits import make_split
 from thaw.data.synthetic import make_preference_clusters, make_synthetic
 from thaw.eval.protocol import evaluate
 from thaw.models.base import Context
+from thaw.models.neural import pad_and_stack
 from thaw.registry import make_model
 
 
@@ -161,8 +162,8 @@ def test_one_users_adaptation_is_reused_until_the_support_or_the_weights_change(
     model.set_task("next-item")
     model.fit(small_split.train)
     calls = []
-    adapt = model.maml.adapted
-    monkeypatch.setattr(model.maml, "adapted", lambda support: calls.append(1) or adapt(support))
+    adapt = model.maml.adapted_one  # one user's adaptation (a batch goes through ``adapted``)
+    monkeypatch.setattr(model.maml, "adapted_one", lambda support: calls.append(1) or adapt(support))
     user = next(iter(small_split.test))
     seq, profile = small_split.test[user], small_split.train.profile(user)
     ctx = Context(None, seq.take(slice(0, 3)), profile)
@@ -180,3 +181,73 @@ def test_one_users_adaptation_is_reused_until_the_support_or_the_weights_change(
     assert len(calls) == 3 and not np.allclose(changed, first)
     model.net.load_state_dict({k: v / 1.5 for k, v in model.net.state_dict().items()})
     assert np.allclose(model.score(ctx, items), first, atol=1e-5) and len(calls) == 4
+
+
+@pytest.fixture(scope="module", params=["fomaml", "melu"])
+def meta_learner(request, small_split):
+    model = make_model(request.param, epochs=1)
+    model.set_task("next-item")
+    return model.fit(small_split.train)
+
+
+def contexts(split, ks=(0, 1, 3, 5)):
+    users = list(split.test)[:len(ks)]
+    return [Context(None, split.test[u].take(slice(0, k)), split.train.profile(u))
+            for u, k in zip(users, ks, strict=True)]
+
+
+def test_one_users_scores_and_confidence_are_the_batched_ones(meta_learner, small_split):
+    """One user is adapted by plain autograd and scored without vmap, their support's outputs
+    computed with the candidates; a batch of users goes through vmap as before."""
+    ctxs, items = contexts(small_split), np.arange(small_split.train.n_items)
+    batched = meta_learner.score_many(ctxs, [items] * len(ctxs))
+    for ctx, expected in zip(ctxs, batched, strict=True):
+        meta_learner._adapted = None  # nothing kept from an earlier request
+        alone = meta_learner.score(ctx, items)
+        assert np.allclose(alone, expected, rtol=1e-5, atol=1e-5)
+        rows = pad_and_stack([meta_learner._support_rows(ctx)])
+        with torch.no_grad():
+            fitted = meta_learner.maml.predict(meta_learner.maml.adapted(rows), rows)[0]
+        slow = 0.0 if len(ctx.history) == 0 else -float(meta_learner.loss()(fitted, rows["target"][0], rows["mask"][0]))
+        assert meta_learner.confidence(ctx, alone) == pytest.approx(slow, rel=1e-5, abs=1e-6)
+        meta_learner._adapted = None  # asked before any score: computed, not read from the scores
+        assert meta_learner.confidence(ctx, alone) == pytest.approx(slow, rel=1e-5, abs=1e-6)
+
+
+def test_adapting_one_task_matches_the_vmapped_adaptation(meta_learner, small_split):
+    ctx = contexts(small_split)[2]
+    support = pad_and_stack([meta_learner._support_rows(ctx)])
+    batched = meta_learner.maml.adapted(support)
+    alone = meta_learner.maml.adapted_one({k: v[0] for k, v in support.items()})
+    start, _ = meta_learner.maml.detached_params(None)
+    assert set(alone) == set(batched)
+    for name, value in alone.items():
+        assert torch.allclose(value, batched[name][0], rtol=1e-5, atol=1e-6), name
+    assert any(not torch.equal(alone[k], start[k]) for k in alone)  # it moved
+
+
+@pytest.mark.parametrize("name", ["deepfm", "widedeep"])
+def test_one_user_through_the_kept_item_side_is_the_networks_forward(name, small_split):
+    """A profile-only feature model scores one user from a per-item table computed once (the
+    first layer, FM and wide terms split into item and user parts): the outputs are forward's,
+    and the table follows the weights when they change."""
+    model = make_model(name, epochs=1)
+    model.set_task("next-item")
+    model.fit(small_split.train)
+    every = np.arange(small_split.train.n_items)
+
+    def forward(ctx, items):
+        rows = model._candidate_rows([ctx], [items])
+        with torch.no_grad():
+            return model.net(rows).numpy()[0, :len(items)]
+
+    for ctx in contexts(small_split) + [Context(None)]:
+        for items in (every, every[::-3]):
+            assert np.allclose(model.score(ctx, items), forward(ctx, items), rtol=1e-5, atol=1e-5)
+    ctx = contexts(small_split)[1]
+    before = model.score(ctx, every)
+    with torch.no_grad():  # a training step (in place) makes the kept table stale
+        for p in model.net.parameters():
+            p.mul_(1.5)
+    after = model.score(ctx, every)
+    assert not np.allclose(after, before) and np.allclose(after, forward(ctx, every), rtol=1e-5, atol=1e-5)

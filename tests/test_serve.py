@@ -5,8 +5,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from thaw.errors import ThawError
+from thaw.models.base import Context
 from thaw.serve.app import MAX_BATCH, create_app
-from thaw.serve.service import LRU, Service
+from thaw.serve.service import LRU, Live, Service
 from thaw.serve.store import SCHEMA_VERSION, Store, schema_version
 from thaw.stack.router import band_label, band_of
 
@@ -554,3 +555,78 @@ def test_a_schema_1_store_is_upgraded_with_its_rewards_summed_into_the_evidence(
     assert fresh.restore_policy() == 3
     key = ("F", arms["arms"][0]["segment"][1])
     assert fresh.policy.counts[key][fresh.index[arms["arms"][0]["item"]]] == arms["arms"][0]["trials"]
+
+
+def test_k0_answers_are_cached_per_profile_and_equal_the_models(service):
+    profile = {"gender": "F", "age": 30}
+    service.put_user("first", profile)
+    service.put_user("second", profile)
+    service.put_user("other", {"gender": "M", "age": 60})
+    first = service.recommend("first", 10)
+    second = service.recommend("second", 10)
+    assert not first.cached and second.cached and second.answer is first.answer
+    fresh = service.answer("second", profile, [])
+    assert np.array_equal(second.answer.scores, fresh.scores) and second.items == first.items
+    assert not service.recommend("other", 10).cached  # another profile: its own answer
+    assert service.recommend_anonymous(profile, [], 10).cached  # the same profile, inline
+    service.add_events([{"event_id": "e1", "user": "first", "item": service.item_ids[0], "rating": 5.0,
+                         "kind": "rating", "ts": 1}])
+    assert not service.recommend("first", 10).cached and service.recommend("first", 10).answer.k == 1
+
+
+def test_a_new_item_or_a_reload_invalidates_the_k0_cache(service, tiny_stack):
+    service.put_user("a", {"gender": "F"})
+    service.put_user("b", {"gender": "F"})
+    service.put_user("c", {"gender": "F"})
+    before = service.recommend("a", 10)
+    service.put_item("brand-new", {"title": "Brand New", "genres": ["Horror"], "year": 2001}, "")
+    after = service.recommend("b", 10)
+    assert not after.cached and after.answer.catalogue_size == before.answer.catalogue_size + 1
+    assert service.recommend("c", 10).cached
+    reloaded = Live(service).reload(tiny_stack)
+    assert not reloaded.recommend("a", 10).cached
+
+
+def test_an_answer_the_breaker_tripped_is_not_cached(service, monkeypatch):
+    model = service.model
+    member = next(m for m in model.needed("next-item", Context(None, profile={})) if m != "segment-pop")
+    monkeypatch.setattr(model.members[member], "score", lambda ctx, items: np.full(len(items), np.nan))
+    service.put_user("a", {})
+    service.put_user("b", {})
+    tripped = service.recommend("a", 10)
+    assert tripped.answer.route["breaker_tripped"]
+    assert not service.recommend("b", 10).cached
+
+
+def test_a_service_warms_its_model_up_before_its_first_request(tiny_stack, store, monkeypatch):
+    """What the model builds on first use is paid at start, not by the first user (on a busy
+    machine it ran past a member's time budget and sent that request to the fallback)."""
+    from thaw.stack import Stack
+
+    asked = []
+    score = Stack.score
+    monkeypatch.setattr(Stack, "score",
+                        lambda self, ctx, items: asked.append(len(ctx.history)) or score(self, ctx, items))
+    Service(tiny_stack, store, warm=False)
+    assert asked == []
+    Service(tiny_stack, store)
+    assert asked == [0, 1]
+
+
+def test_putting_an_item_does_not_wait_for_the_model(service):
+    """A PUT is the store's write alone; the item reaches the catalogue on the next request."""
+    import threading
+
+    done = threading.Event()
+
+    def put() -> None:
+        service.put_item("quick", {"title": "Quick", "genres": ["Drama"], "year": 1990}, "")
+        done.set()
+
+    with service.lock:  # a recommendation holding the model
+        writer = threading.Thread(target=put)
+        writer.start()
+        assert done.wait(10)
+    writer.join()
+    ranked = service.recommend("someone", 1000).items
+    assert "quick" in {item for item, _ in ranked}

@@ -33,6 +33,7 @@ class HML(FeatureMetaLearner):
     """MeLU's network with ``n_inits`` initialisations of its adapted decision layers."""
 
     name = "hml"
+    adapts_once = False  # the initialisation is chosen per user (``adapted_weights``)
 
     def __init__(self, n_inits: int = 3, n_folds: int = 3, **kwargs) -> None:
         # A slower outer loop than MeLU's: with a fast one the initialisation that wins the

@@ -14,14 +14,17 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from thaw.compute import one_thread
 from thaw.meta.maml import MAML, Params
 from thaw.models.base import Context
 from thaw.models.features_net import FeatureModel
-from thaw.models.neural import TaskBatch, Trainer, pad_and_stack, share_of
+from thaw.models.neural import TaskBatch, Trainer, inputs, pad_and_stack, share_of
 
 DECISION_LAYERS = ("decision.", "out.")
 ADAPTED_CACHE = 64  # one-user adaptations kept per model (FeatureMetaLearner.adapted_weights)
@@ -40,6 +43,8 @@ class FeatureMetaLearner(FeatureModel):
     """
 
     _transient = ("maml", "_adapted")  # re-created by _rebuild (maml), or a cache (_adapted)
+    adapts_once = True
+    """One initialisation adapted per user (``adaptation``); HML chooses among several."""
 
     def __init__(self, *, adapt_all: bool = False, first_order: bool = False, inner_steps: int = 2,
                  inner_lr: float = 0.05, **kwargs) -> None:
@@ -63,16 +68,19 @@ class FeatureMetaLearner(FeatureModel):
     # --- scoring -------------------------------------------------------------------------
 
     def adapted_weights(self, contexts: Sequence[Context]) -> Params:
-        """Fast weights per user, (T, ...): the initialisation adapted on each support.
+        """Fast weights per user, (T, ...): the initialisation adapted on each support (one
+        user's come from ``adaptation``, kept for their next requests)."""
+        if len(contexts) == 1:
+            return {k: v[None] for k, v in self.adaptation(contexts[0]).fast.items()}
+        return self.maml.adapted(pad_and_stack([self._support_rows(c) for c in contexts]))
 
-        For one user they are kept for the next ``ADAPTED_CACHE`` different supports, keyed by
-        the support's rows and the network's parameter versions (torch counts every in-place
-        change, so a training step or a load makes them stale): a request asks for the same
-        user's adaptation twice (its scores, then the stack's ``confidence``), and a service
-        asks again until the user's next event."""
-        support = pad_and_stack([self._support_rows(c) for c in contexts])
-        if len(contexts) != 1:
-            return self.maml.adapted(support)
+    def adaptation(self, ctx: Context) -> Adaptation:
+        """One user's adapted weights, kept for the next ``ADAPTED_CACHE`` different supports,
+        keyed by the support's rows and the network's parameter versions (torch counts every
+        in-place change, so a training step or a load makes them stale): a request asks for
+        the same user's adaptation twice (its scores, then the stack's ``confidence``), and a
+        service asks again until the user's next event."""
+        support = {k: v[0] for k, v in pad_and_stack([self._support_rows(ctx)]).items()}
         digest = hashlib.blake2b(digest_size=16)
         for name in sorted(support):
             value = support[name]
@@ -84,21 +92,48 @@ class FeatureMetaLearner(FeatureModel):
             cache = self._adapted = OrderedDict()
         found = cache.get(key)
         if found is None:
-            found = self.maml.adapted(support)
-            cache[key] = found
+            found = cache[key] = Adaptation(self.maml.adapted_one(support), support)
             while len(cache) > ADAPTED_CACHE:
                 cache.popitem(last=False)
         return found
 
     def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
-        fast = self.adapted_weights(contexts)
         rows = self._candidate_rows(contexts, items)
-        values = self.maml.predict(fast, rows).numpy().astype(np.float64)
+        if len(contexts) == 1 and self.adapts_once:
+            # One user: no vmap, and the support's rows ride along in the same forward pass,
+            # so ``confidence`` finds their outputs ready.
+            one, n = self.adaptation(contexts[0]), len(items[0])
+            both = {k: torch.cat([v[0], one.support[k]]) for k, v in inputs(rows).items()}
+            values = self.maml.predict_one(one.fast, both)
+            one.support_fit = values[rows["mask"].shape[1]:]
+            return [values[:n].numpy().astype(np.float64)]
+        values = self.maml.predict(self.adapted_weights(contexts), rows).numpy().astype(np.float64)
         return [values[t, :len(i)] for t, i in enumerate(items)]
+
+    @one_thread()
+    def confidence(self, ctx: Context, scores: np.ndarray) -> float:
+        """``FeatureModel.confidence`` (minus the loss on the adapted support), from the
+        outputs on the support that scoring this user left in their ``adaptation``."""
+        if len(ctx.history) == 0 or not self.adapts_once:
+            return super().confidence(ctx, scores)
+        one = self.adaptation(ctx)
+        if one.support_fit is None:
+            one.support_fit = self.maml.predict_one(one.fast, one.support)
+        return -float(self.loss()(one.support_fit, one.support["target"], one.support["mask"]))
 
     def _support_fit(self, ctx: Context, support: dict[str, Tensor]) -> Tensor:
         """The outputs on the user's support rows after adapting to them."""
         return self.maml.predict(self.adapted_weights([ctx]), support)[0]
+
+
+@dataclass
+class Adaptation:
+    """One user's adapted (unbatched) fast weights and support rows, and once computed the
+    outputs on those rows, which the user's ``confidence`` reads."""
+
+    fast: Params
+    support: dict[str, Tensor]
+    support_fit: Tensor | None = None
 
 
 class MeLU(FeatureMetaLearner):

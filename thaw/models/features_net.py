@@ -71,9 +71,15 @@ class FeatureNet(nn.Module):
 
     def fields(self, x: dict[str, Tensor]) -> list[Tensor]:
         """One embedding per feature field: each profile field, genres, year, item identity."""
-        user = [emb(x["user"][..., i]) for i, emb in enumerate(self.user_fields)]
+        return [*self.user_embeddings(x["user"]), *self.item_fields(x)]
+
+    def user_embeddings(self, codes: Tensor) -> list[Tensor]:
+        return [emb(codes[..., i]) for i, emb in enumerate(self.user_fields)]
+
+    def item_fields(self, x: dict[str, Tensor]) -> list[Tensor]:
+        """The item's field embeddings: genres, year, item identity."""
         genres = x["genres"] / x["genres"].sum(-1, keepdim=True).clamp_min(1.0)
-        parts = [*user, self.genre(genres), self.year(x["year"])]
+        parts = [self.genre(genres), self.year(x["year"])]
         if self.item is not None:
             parts.append(self.item(x["item"]))
         return parts
@@ -83,6 +89,38 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         return self.out(self.decision(self.embed(x))).squeeze(-1)
+
+    # --- one user against many items: ``forward`` with the item side computed once ----------
+
+    def _first_layer(self) -> tuple[nn.Linear, nn.Module]:
+        """The first linear layer over the embeddings, and what follows it up to the output."""
+        if len(self.decision):
+            return self.decision[0], nn.Sequential(*self.decision[1:], self.out)
+        return self.out, nn.Identity()
+
+    def item_side(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What ``forward`` computes for these item rows whatever the user (their ``user`` codes
+        are not read): the first layer's share from the item's embeddings, one row per item.
+        The first layer is linear over [user fields; item fields], so it splits into this and
+        a user term (``one_user``)."""
+        first, _ = self._first_layer()
+        user_width = self.user_width()
+        return {"first": nn.functional.linear(torch.cat(self.item_fields(x), dim=-1), first.weight[:, user_width:])}
+
+    def user_width(self) -> int:
+        return sum(emb.embedding_dim for emb in self.user_fields)
+
+    def one_user(self, codes: Tensor, side: dict[str, Tensor]) -> Tensor:
+        """``forward`` for one user's profile ``codes`` against the rows of ``side``
+        (``item_side``, possibly indexed): the same outputs up to float rounding."""
+        first, rest = self._first_layer()
+        user = self.user_embeddings(codes)
+        own = nn.functional.linear(torch.cat(user, dim=-1), first.weight[:, :self.user_width()], first.bias)
+        return rest(side["first"] + own).squeeze(-1) + self.one_user_extra(user, codes, side)
+
+    def one_user_extra(self, user: list[Tensor], codes: Tensor, side: dict[str, Tensor]) -> Tensor | float:
+        """What a subclass adds to the decision MLP's output in ``one_user`` (nothing here)."""
+        return 0.0
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -174,7 +212,8 @@ class FeatureModel(Recommender):
     """
 
     scores_new_items = True  # items enter through their genres and year
-    _transient: tuple[str, ...] = ("space", "builder")  # re-created by _rebuild from self.data
+    # re-created by _rebuild from self.data, or a cache (_item_side)
+    _transient: tuple[str, ...] = ("space", "builder", "_item_side")
 
     def __init__(self, *, objective: str = "rating", epochs: int = 20, batch_size: int = 32,
                  lr: float = 5e-3, dim: int = 16, hidden: tuple[int, ...] = (64, 64),
@@ -272,9 +311,30 @@ class FeatureModel(Recommender):
 
     def _chunk_outputs(self, contexts: list[Context], items: list[np.ndarray]) -> list[np.ndarray]:
         """The network's outputs for one chunk of contexts, each over its own candidates."""
+        if len(contexts) == 1:
+            return [self._one_user_outputs(contexts[0], items[0])]
         with torch.no_grad():
             values = self.net(inputs(self._candidate_rows(contexts, items))).numpy().astype(np.float64)
         return [values[t, :len(i)] for t, i in enumerate(items)]
+
+    def _one_user_outputs(self, ctx: Context, items: np.ndarray) -> np.ndarray:
+        """One user's outputs by ``FeatureNet.one_user``: the network's item side of every
+        item is computed once per trained state (the parameters' versions) and kept, so a
+        request computes only the user's own terms (a profile is all a cold user brings)."""
+        key = tuple(p._version for p in self.net.parameters())
+        kept = getattr(self, "_item_side", None)
+        if kept is None or kept[0] != key:
+            every = np.arange(len(self.space.item_code))
+            rows = self._candidate_rows([Context(None)], [every])
+            with torch.no_grad():
+                kept = self._item_side = (key, self.net.item_side({k: v[0] for k, v in inputs(rows).items()}))
+        items = np.asarray(items, dtype=np.int64)
+        side = kept[1]
+        if not np.array_equal(items, np.arange(len(self.space.item_code))):  # else: every item, in order
+            index = torch.as_tensor(np.ascontiguousarray(items))
+            side = {k: v[index] for k, v in side.items()}
+        with torch.no_grad():
+            return self.net.one_user(torch.as_tensor(self._codes(ctx)), side).numpy().astype(np.float64)
 
     @one_thread()
     def _outputs(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -30,11 +30,18 @@ class FirstOrder(nn.Module):
                     module.weight.zero_()
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
+        return self.item_terms(x) + self.user_terms(x["user"])
+
+    def item_terms(self, x: dict[str, Tensor]) -> Tensor:
         total = self.genre(x["genres"]).squeeze(-1) + self.year(x["year"]).squeeze(-1)
-        for i, emb in enumerate(self.user_fields):
-            total = total + emb(x["user"][..., i]).squeeze(-1)
         if self.item is not None:
             total = total + self.item(x["item"]).squeeze(-1)
+        return total
+
+    def user_terms(self, codes: Tensor) -> Tensor:
+        total = torch.zeros(codes.shape[:-1])
+        for i, emb in enumerate(self.user_fields):
+            total = total + emb(codes[..., i]).squeeze(-1)
         return total
 
 
@@ -47,6 +54,12 @@ class WideDeepNet(FeatureNet):
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         return super().forward(x) + self.wide(x)
+
+    def item_side(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        return super().item_side(x) | {"wide": self.wide.item_terms(x)}
+
+    def one_user_extra(self, user: list[Tensor], codes: Tensor, side: dict[str, Tensor]) -> Tensor:
+        return side["wide"] + self.wide.user_terms(codes)
 
 
 class DeepFMNet(FeatureNet):
@@ -66,10 +79,22 @@ class DeepFMNet(FeatureNet):
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         fields = self.fields(x)
-        stacked = torch.stack(fields, dim=-2)  # (..., n_fields, dim)
-        pairwise = 0.5 * (stacked.sum(-2).pow(2) - stacked.pow(2).sum(-2)).sum(-1)
+        pairwise = _pairs(torch.stack(fields, dim=-2))  # over (..., n_fields, dim)
         deep = self.out(self.decision(torch.cat(fields, dim=-1))).squeeze(-1)
         return self.linear(x) + pairwise + deep
+
+    def item_side(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        """With the pairwise term split too: with U and I the sums of the user's and the
+        item's field embeddings, the sum over pairs of fields is the pairs within the user's
+        fields, those within the item's, and U . I."""
+        stacked = torch.stack(self.item_fields(x), dim=-2)
+        return super().item_side(x) | {"linear": self.linear.item_terms(x), "sum": stacked.sum(-2),
+                                       "pairs": _pairs(stacked)}
+
+    def one_user_extra(self, user: list[Tensor], codes: Tensor, side: dict[str, Tensor]) -> Tensor:
+        stacked = torch.stack(user, dim=-2)
+        return (side["linear"] + self.linear.user_terms(codes) + side["pairs"] + _pairs(stacked)
+                + side["sum"] @ stacked.sum(-2))
 
 
 class WideDeep(FeatureModel):
@@ -90,3 +115,9 @@ class DeepFM(FeatureModel):
 
     def network(self, space: FeatureSpace) -> FeatureNet:
         return DeepFMNet(space, self.dim, self.hidden)
+
+
+def _pairs(stacked: Tensor) -> Tensor:
+    """The factorisation machine's sum over pairs of fields of their embeddings' dot products,
+    (..., n_fields, dim) -> (...)."""
+    return 0.5 * (stacked.sum(-2).pow(2) - stacked.pow(2).sum(-2)).sum(-1)

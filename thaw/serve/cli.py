@@ -48,7 +48,7 @@ def serve(
         raise ThawError(f"--results {results}: no report.html there (a folder written by thaw run or thaw evaluate)")
     _check_can_listen(host, port)
     store = Store(db)  # checks the URL; nothing is created before the model has loaded
-    service = Service(model_dir, store, cache_size=0)
+    service = Service(model_dir, store, cache_size=0, warm=False)  # only seeds the store
     found = store.init()
     users, items = service.seed_store()
     published = store.published_model()

@@ -28,7 +28,7 @@ HELP = {
     "thaw_explored_slates_total": ("counter", "Slates whose first slots the exploration policy chose."),
     "thaw_feedback_total": ("counter", "Rewards recorded for explored slots."),
     "thaw_reloads_total": ("counter", "Models loaded by POST /v1/admin/reload or SIGHUP."),
-    "thaw_cache_hits_total": ("counter", "Recommendations answered from the per-user cache."),
+    "thaw_cache_hits_total": ("counter", "Recommendations answered from the per-user or the K = 0 per-profile cache."),
     "thaw_cache_misses_total": ("counter", "Recommendations the model computed."),
     "thaw_metrics_workers": ("gauge", "Worker processes whose totals this scrape sums (1 without --workers)."),
 }

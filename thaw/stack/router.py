@@ -589,15 +589,16 @@ class Stack(Recommender, LearnsFromOutputs):
                      confidences: Mapping[str, float]) -> tuple[np.ndarray, bool]:
         """The answer before the item-side content blend: the learned stacker's (the fallback's
         when a member it reads failed), or the table route's with its breaker."""
-        ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
-        fallback = ready.get(FALLBACK)
         state = self._learner(task, context)
         if state is None:
+            ready = {m: None if o is None else self._transform(o, task) for m, o in outputs.items()}
             route = self.route(task, context)
             confidence = confidences.get(self._primary(route), -np.inf)
-            return self._route_output(route, ready, confidence, fallback, len(items))
-        if any(ready.get(m) is None for m in state["members"]):
-            return (np.zeros(len(items)) if fallback is None else fallback), True
+            return self._route_output(route, ready, confidence, fallback=ready.get(FALLBACK), n_items=len(items))
+        # The learner reads the raw outputs; only the fallback's are z-scored, and only when used.
+        if any(outputs.get(m) is None for m in state["members"]):
+            fallback = outputs.get(FALLBACK)
+            return (np.zeros(len(items)) if fallback is None else self._transform(fallback, task)), True
         features, booster = self._learned_models(task)
         raw = {m: outputs[m] for m in state["members"]}
         if state["kind"] == "lgbm":
