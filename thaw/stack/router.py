@@ -297,7 +297,8 @@ class Stack(Recommender, LearnsFromOutputs):
         fitted = self._fit_learners(kinds, train, valid, features, episodes)
         kind = max(fitted, key=lambda k: fitted[k][1].mean())
         with_all = {k: float(v.mean()) for k, (_, v) in fitted.items()}
-        dropped, refit = self._drop_members(kind, fitted[kind], train, valid, features, episodes)
+        basis = self._weight_basis(kind, fitted[kind][0], valid)  # the weights it is explained by
+        dropped, refit = self._drop_members(kind, fitted[kind], basis, train, valid, features, episodes)
         if dropped:
             kept = features.without(dropped)
             train, valid = train.narrowed(features, kept), valid.narrowed(features, kept)
@@ -305,6 +306,7 @@ class Stack(Recommender, LearnsFromOutputs):
             others = [k for k in kinds if k != kind]
             fitted = {kind: refit, **self._fit_learners(others, train, valid, features, episodes)}
             kind = max(fitted, key=lambda k: fitted[k][1].mean())
+            basis = self._weight_basis(kind, fitted[kind][0], valid)
         state = {"kind": kind, "members": features.members, "features": dict(vars(features)),
                  "fwls": fitted["fwls"][0] if "fwls" in fitted else None,
                  "booster": fitted["lgbm"][0] if "lgbm" in fitted else None,
@@ -314,7 +316,7 @@ class Stack(Recommender, LearnsFromOutputs):
                  "folds": self.folds, "fold_by": getattr(oof, "by", "users")}
         self.learned[task] = state
         self._models = None
-        state["summary"] = self._summarise(task, episodes, valid, features)
+        state["summary"] = self._summarise(task, episodes, valid, features, basis)
         return state
 
     def _fit_learners(self, kinds: Sequence[str], train: Any, valid: Any, features: Any,
@@ -334,7 +336,7 @@ class Stack(Recommender, LearnsFromOutputs):
                                                             learned.lgbm_booster(booster)))
         return out
 
-    def _drop_members(self, kind: str, fitted: tuple[Any, np.ndarray], train: Any, valid: Any,
+    def _drop_members(self, kind: str, fitted: tuple[Any, np.ndarray], basis: Any, train: Any, valid: Any,
                       features: Any, episodes: Sequence[Any]) -> tuple[list[str], Any]:
         """The members the learner ``kind`` can do without, and its refit without them.
 
@@ -346,7 +348,6 @@ class Stack(Recommender, LearnsFromOutputs):
         is dropped added nothing that validation can see. The fallback always stays."""
         if not getattr(self, "drop_below", 0.0):
             return [], None
-        basis = self._weight_basis(kind, fitted[0], valid)
         weights = self._effective_weights(kind, basis, valid, features, np.ones(len(valid.x), dtype=bool))
         if kind == "fwls":  # mean weights, on the members' scales: their shares of the total
             total = sum(abs(w) for w in weights.values()) or 1.0
@@ -413,11 +414,12 @@ class Stack(Recommender, LearnsFromOutputs):
         requests = valid.requests[np.unique(valid.episode[rows])]
         return {m: float(w) for m, w in zip(members, (requests @ basis["weights"]).mean(axis=0), strict=True)}
 
-    def _summarise(self, task: str, episodes: Sequence[Any], valid: Any, features: Any) -> list[dict[str, Any]]:
-        """Per band of validation episodes: each member's effective weight and the top features."""
+    def _summarise(self, task: str, episodes: Sequence[Any], valid: Any, features: Any,
+                   basis: Any) -> list[dict[str, Any]]:
+        """Per band of validation episodes: each member's effective weight and the top features
+        (``basis``: ``_weight_basis`` of the learner that answers)."""
         state = self.learned[task]
         kind = state["kind"]
-        basis = self._weight_basis(kind, state["booster"] if kind == "lgbm" else state["fwls"], valid)
         bands = np.array([band_of(len(e.context.history), self.bands) for e in episodes], dtype=int)
         names = features.names()
         out = []
