@@ -8,7 +8,7 @@ from thaw.data.splits import item_folds, make_split, user_folds
 from thaw.data.synthetic import make_synthetic
 from thaw.eval.episodes import episodes, score_episodes
 from thaw.eval.protocol import SplitValidator, out_of_fold
-from thaw.models.base import Context, Recommender
+from thaw.models.base import Context, Recommender, kept_epoch
 from thaw.registry import make_model
 from thaw.stack import Stack, StackTable
 
@@ -123,6 +123,54 @@ def test_item_folds_score_items_as_new_items_no_fit_saw():
         assert set(ep.candidates.tolist()) <= held[fold] and not seen_by_fit & held[fold]
         assert counts[ep.candidates].sum() == 0
         assert ep.context.user == ep.user  # warm users, known by id, as in the new-item split
+
+
+class EpochSpy(Recommender):
+    """Remembers, per fit, how many epochs it was told to train and whether it had a validator."""
+
+    fits: list[tuple[int, bool]] = []
+
+    def __init__(self):
+        self.epochs = 20
+
+    def fit(self, data, validate=None):
+        EpochSpy.fits.append((self.epochs, validate is not None))
+        return self
+
+    def score(self, ctx, items):
+        return np.zeros(len(items))
+
+
+def test_item_fold_fits_train_as_long_as_the_full_fit_kept_user_folds_choose_their_own():
+    new_item = new_item_split()
+    validator = SplitValidator(new_item, "next-item")
+    EpochSpy.fits.clear()
+    validator.out_of_fold({"spy": EpochSpy()}, new_item.train, "next-item", 3, KS, seed=0, epochs={"spy": 4})
+    assert EpochSpy.fits == [(4, False)] * 3
+    new_user = SplitValidator(make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-user", seed=0),
+                              "next-item")
+    EpochSpy.fits.clear()
+    new_user.out_of_fold({"spy": EpochSpy()}, new_user.split.train, "next-item", 3, KS, seed=0, epochs={"spy": 4})
+    assert EpochSpy.fits == [(20, True)] * 3
+
+
+def test_kept_epoch_is_the_first_best_validation_epoch(split):
+    model = EpochSpy()
+    model.history = [{"epoch": 1, "loss": 1.0, "validation": 0.2}, {"epoch": 2, "loss": 0.9, "validation": 0.3},
+                     {"epoch": 3, "loss": 0.8, "validation": 0.3}, {"epoch": 4, "loss": 0.7, "validation": 0.1}]
+    assert kept_epoch(model) == 2
+    model.history = [{"epoch": 1, "loss": 1.0}]  # fitted without validation: every epoch, none kept
+    assert kept_epoch(model) is None
+    deepfm = make_model("deepfm", epochs=3)
+    deepfm.set_task("next-item")
+    deepfm.fit(split.train, validate=SplitValidator(split, "next-item"))
+    assert len(deepfm.history) == 3 and all("validation" in r for r in deepfm.history)
+    best = max(deepfm.history, key=lambda r: r["validation"])
+    assert kept_epoch(deepfm) == best["epoch"] and 1 <= kept_epoch(deepfm) <= 3
+
+
+def new_item_split():
+    return make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-item", seed=0)
 
 
 def test_item_folds_keep_each_held_items_first_interactions_as_the_split_does():

@@ -9,8 +9,9 @@ import pytest
 from thaw.data.splits import make_split
 from thaw.errors import ThawError
 from thaw.eval.episodes import episodes
+from thaw.eval.headroom import format_headroom, headroom
 from thaw.eval.protocol import DegenerateResultWarning, EvalResult, FewUsersWarning, SplitValidator, evaluate
-from thaw.eval.statistics import compare, holm, summarise
+from thaw.eval.statistics import clustered_p, compare, holm, paired_p, summarise
 from thaw.models.base import Recommender
 from thaw.registry import make_model
 
@@ -156,6 +157,32 @@ def test_holm_correction_by_hand():
     assert [tuple(p) for p in named[["model_a", "model_b"]].to_numpy()] == [("c", "a"), ("b", "c")]
     assert list(named["better"]) == ["a", "b"] and (named["diff"].iloc[0] < 0)
     assert np.allclose(named["p_holm"], 2 * 2 / 2 ** 6)
+
+
+def test_a_target_many_users_share_counts_once_in_the_clustered_test():
+    rng = np.random.default_rng(0)
+    # 60 users share one target and all lose by 0.5; 140 others, each with a target of their
+    # own, are level on average. Over users the loss looks certain; over targets it is one
+    # target of 141, absent from about a third of the resamples.
+    diff = np.concatenate([np.full(60, -0.5), rng.normal(0, 0.3, 140)])
+    targets = np.concatenate([np.zeros(60, dtype=int), np.arange(1, 141)])
+    assert paired_p(diff) < 1e-4
+    shared = clustered_p(diff, targets)
+    assert shared > 0.05 and shared == clustered_p(diff, targets)  # seeded
+    # Every user a target of their own: the clustered test sees what the users' test sees.
+    distinct = np.arange(200)
+    assert clustered_p(diff, distinct) < 1e-3
+    assert clustered_p(rng.normal(0, 0.3, 200), distinct) > 0.05
+    assert clustered_p(np.zeros(10), np.arange(10)) == 1.0
+    # headroom's verdict follows the clustered test when it is given the targets
+    per_user = pd.DataFrame([("stack", 0, u, "ndcg@10", 0.5 + d) for u, d in enumerate(diff)]
+                            + [("member", 0, u, "ndcg@10", 0.5) for u in range(200)],
+                            columns=["model", "K", "user", "metric", "value"])
+    plain = headroom(per_user, "stack", ["member"], "ndcg@10")
+    by_target = headroom(per_user, "stack", ["member"], "ndcg@10",
+                         clusters={(0, u): int(t) for u, t in enumerate(targets)})
+    assert plain["significantly_worse"].item() and not by_target["significantly_worse"].item()
+    assert by_target["targets"].item() == 141 and "by target" in format_headroom(by_target)
 
 
 def test_compare_writes_only_the_named_pairs(synthetic):

@@ -33,6 +33,7 @@ from thaw.models.base import (
     ModelSelectionSkipped,
     OutOfFold,
     Recommender,
+    kept_epoch,
     model_confidences,
     model_outputs,
     selection_skipped_message,
@@ -81,12 +82,14 @@ class SplitValidator:
                                                   max_k=max(k, floor))]
 
     def out_of_fold(self, models: Mapping[str, Recommender], data: Dataset, protocol: str, folds: int,
-                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False) -> OutOfFold:
+                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False,
+                    epochs: Mapping[str, int] | None = None) -> OutOfFold:
         """``out_of_fold`` with this validator choosing the fold fits' settings, on users with
         more interactions than the evaluation's largest K (as its own episodes), in folds of
         items where the split holds items out (``folds_for``)."""
         return out_of_fold(models, data, self, protocol, folds, ks, max(self.ks), seed, jobs=jobs,
-                           progress=progress, by=folds_for(self.split.kind), item_strata=self.split.item_strata)
+                           progress=progress, by=folds_for(self.split.kind), item_strata=self.split.item_strata,
+                           epochs=epochs)
 
     def __call__(self, model: Recommender) -> float:
         if not self.episodes:  # models ask ``empty`` first; NaN here is never a choice
@@ -264,7 +267,7 @@ class _ModelJob:
         outputs = {k: model_outputs(model, self.test_eps[k], self.protocol) for k in self.ks}
         rows_out, notes = _rows_and_notes(name, self.test_eps, outputs, self.protocol, rates,
                                           self.cutoffs)
-        collected: dict[str, Any] = {}
+        collected: dict[str, Any] = {"epoch": kept_epoch(model)}
         if name in self.collect:
             collected["test"] = outputs
             collected["test_confidence"] = {k: model_confidences(model, self.test_eps[k], outputs[k])
@@ -314,7 +317,8 @@ def _learn_from_outputs(name: str, model: LearnsFromOutputs, specs: Mapping[str,
             return c[key] if k is None else c[key][k]
 
         return MemberOutputs(eps, {m: pick(c, part) for m, c in collected.items()},
-                             {m: pick(c, f"{part}_confidence") for m, c in collected.items()})
+                             {m: pick(c, f"{part}_confidence") for m, c in collected.items()},
+                             {m: c["epoch"] for m, c in collected.items() if c["epoch"] is not None})
 
     val = outputs(val_eps, "val").at(model.validation_ks)
     oof = model.out_of_fold(split.train, validator, val, specs, jobs=jobs, progress=progress)
@@ -358,13 +362,17 @@ class _FoldJob:
     by: str = "users"
     item_strata: tuple[int, ...] = (0,)
 
-    def __call__(self, name: str, task: tuple[int, Recommender]) -> tuple[list[np.ndarray], np.ndarray, float]:
-        fold, model = task
+    def __call__(self, name: str,
+                 task: tuple[int, Recommender, int | None]) -> tuple[list[np.ndarray], np.ndarray, float]:
+        fold, model, epochs = task
         split = self.splits()[fold]
         eps = fold_episodes(split, self.ks, self.protocol, self.floor)
         start = time.perf_counter()
         model.set_task(self.protocol)
-        model.fit(split.train, validate=self.validator)
+        validator = self.validator
+        if epochs is not None:  # as long as the full fit trained: no epoch chosen here
+            model.epochs, validator = epochs, None  # type: ignore[attr-defined]
+        model.fit(split.train, validate=validator)
         outputs = model_outputs(model, eps, self.protocol)
         return outputs, model_confidences(model, eps, outputs), time.perf_counter() - start
 
@@ -382,17 +390,26 @@ def folds_for(split_kind: str) -> str:
 
 def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any, protocol: str,
                 folds: int, ks: Sequence[int], floor: int, seed: int, *, jobs: int = 1,
-                progress: bool = False, by: str = "users", item_strata: Sequence[int] = (0,)) -> OutOfFold:
+                progress: bool = False, by: str = "users", item_strata: Sequence[int] = (0,),
+                epochs: Mapping[str, int] | None = None) -> OutOfFold:
     """Refit copies of the (unfitted) ``models`` on ``folds`` folds of ``data``'s users (or,
     ``by="items"``, its items) and score each fold's held-out users (or their interactions
     with the held-out items, which keep ``item_strata`` first interactions in training) at
     every K in ``ks``. Fits select settings on ``validator``'s
-    users, as the full fits do; ``jobs > 1`` runs the fold fits in worker processes."""
+    users, as the full fits do; ``jobs > 1`` runs the fold fits in worker processes.
+
+    Folds of items train each model of ``epochs`` (those fitted epoch by epoch) for as many
+    epochs as its full fit kept, not for as many as their own validation picks: what a model
+    scores an item it never saw comes from its feature path, whose level moves with training
+    length, and the stacker learns that level from the folds and meets the full fit's at
+    answer time (DeepFM on ML-100k's new-item split keeps epoch 1 in full and 5-8 in folds).
+    Folds of users train as the full fits do; they score items every fit has seen."""
     if by not in ("users", "items"):
         raise ValueError(f"folds are of users or items, not {by!r}")
     job = _FoldJob(data, protocol, folds, tuple(ks), floor, seed, validator, by, tuple(item_strata))
     splits = job.splits()
-    tasks = {f"{name} fold {f + 1}/{folds}": (f, copy.deepcopy(model))
+    fixed = dict(epochs or {}) if by == "items" else {}
+    tasks = {f"{name} fold {f + 1}/{folds}": (f, copy.deepcopy(model), fixed.get(name))
              for name, model in models.items() for f in range(folds)}
     results = run_jobs(job, tasks, jobs, {}, f"stack: out-of-fold fits ({protocol}, {by})", progress)
     eps, fold_of, counts = [], [], []
@@ -409,7 +426,8 @@ def out_of_fold(models: Mapping[str, Recommender], data: Dataset, validator: Any
             outputs[m] += out
             confidences[m].append(conf)
     return OutOfFold(eps, outputs, {m: np.concatenate(c) if c else np.zeros(0) for m, c in confidences.items()},
-                     np.asarray(fold_of, dtype=np.int64), float(sum(r[2] for r in results.values())), counts, by)
+                     fold=np.asarray(fold_of, dtype=np.int64), seconds=float(sum(r[2] for r in results.values())),
+                     item_counts=counts, by=by)
 
 
 def _as_models(models: Mapping[str, Recommender] | Sequence[str] | Recommender,

@@ -55,6 +55,24 @@ def paired_p(diff: np.ndarray) -> float:
     return 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(diff, zero_method="zsplit").pvalue)
 
 
+def clustered_p(diff: np.ndarray, clusters: np.ndarray, *, n_bootstrap: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p of the mean of per-user differences when users come in clusters whose
+    differences move together (users whose target is the same item): whole clusters are
+    resampled with replacement, and p is twice the share of resampled means on the far side
+    of zero (capped at 1). The estimate is still the mean over users; only its uncertainty
+    counts clusters, not users, so one item that is many users' target weighs as one."""
+    diff = np.asarray(diff, dtype=np.float64)
+    if np.allclose(diff, 0):
+        return 1.0
+    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(cluster, weights=diff)
+    sizes = np.bincount(cluster).astype(np.float64)
+    rng = np.random.default_rng([seed, len(diff)])
+    draws = rng.multinomial(len(sums), np.full(len(sums), 1.0 / len(sums)), size=n_bootstrap)
+    means = (draws @ sums) / (draws @ sizes)
+    return float(min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0))))
+
+
 def compare(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None,
             alpha: float = 0.05) -> pd.DataFrame:
     """Paired tests between models, for each K and metric, over the users both were scored on.

@@ -327,6 +327,15 @@ def train_epochs(model: Recommender, validate: Validator | None, *, epochs: int,
     return history
 
 
+def kept_epoch(model: Recommender) -> int | None:
+    """The epoch whose weights ``train_epochs`` kept on validation (the first best), or None
+    for a model not fitted that way or fitted without validation."""
+    scored = [r for r in getattr(model, "history", None) or () if "validation" in r]
+    if not scored:
+        return None
+    return int(max(scored, key=lambda r: (r["validation"], -r["epoch"]))["epoch"])
+
+
 def top_n(model: Recommender, ctx: Context, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best of ``items`` for this user (items already in their history left out),
     best first, with their scores; fewer only when fewer items remain."""
@@ -365,6 +374,10 @@ class MemberOutputs:
     episodes: list[Episode]
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     confidences: dict[str, np.ndarray] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
+    """The epoch each model's fit kept on validation (``kept_epoch``), for those that have one:
+    what out-of-fold refits of it can be told to train for, so their outputs sit where the
+    fit's do."""
 
     @classmethod
     def of(cls, models: Mapping[str, Recommender], episodes: Sequence[Episode], protocol: str) -> MemberOutputs:
@@ -373,6 +386,8 @@ class MemberOutputs:
         for name, model in models.items():
             out.outputs[name] = model_outputs(model, out.episodes, protocol)
             out.confidences[name] = model_confidences(model, out.episodes, out.outputs[name])
+            if (epoch := kept_epoch(model)) is not None:
+                out.epochs[name] = epoch
         return out
 
     def at(self, ks: Collection[int]) -> MemberOutputs:
@@ -381,7 +396,7 @@ class MemberOutputs:
         keep = [i for i, e in enumerate(self.episodes) if e.k in wanted]
         return MemberOutputs([self.episodes[i] for i in keep],
                              {m: [o[i] for i in keep] for m, o in self.outputs.items()},
-                             {m: c[keep] for m, c in self.confidences.items()})
+                             {m: c[keep] for m, c in self.confidences.items()}, dict(self.epochs))
 
 
 @dataclass
@@ -409,10 +424,12 @@ class EpisodeValidator(Validator, Protocol):
         ...
 
     def out_of_fold(self, models: Mapping[str, Recommender], data: Dataset, protocol: str, folds: int,
-                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False) -> OutOfFold:
+                    ks: Sequence[int], seed: int, *, jobs: int = 1, progress: bool = False,
+                    epochs: Mapping[str, int] | None = None) -> OutOfFold:
         """Copies of the unfitted ``models`` fitted on all folds but one of ``data``'s users
         (``folds`` of them; of its items where the validator's requests rank new items), each
-        scoring its held-out fold at every K of ``ks``."""
+        scoring its held-out fold at every K of ``ks``. ``epochs``: the epoch each model's full
+        fit kept (``MemberOutputs.epochs``), which fold fits of items train for."""
         ...
 
 
