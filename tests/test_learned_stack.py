@@ -141,16 +141,15 @@ class EpochSpy(Recommender):
         return np.zeros(len(items))
 
 
-def test_item_fold_fits_train_as_long_as_the_full_fit_kept_user_folds_choose_their_own():
+def test_item_fold_fits_train_as_long_as_the_full_fit_kept_user_folds_choose_their_own(split):
     new_item = new_item_split()
     validator = SplitValidator(new_item, "next-item")
     EpochSpy.fits.clear()
     validator.out_of_fold({"spy": EpochSpy()}, new_item.train, "next-item", 3, KS, seed=0, epochs={"spy": 4})
     assert EpochSpy.fits == [(4, False)] * 3
-    new_user = SplitValidator(make_split(make_synthetic(n_users=300, n_items=80, seed=3), "new-user", seed=0),
-                              "next-item")
     EpochSpy.fits.clear()
-    new_user.out_of_fold({"spy": EpochSpy()}, new_user.split.train, "next-item", 3, KS, seed=0, epochs={"spy": 4})
+    SplitValidator(split, "next-item").out_of_fold({"spy": EpochSpy()}, split.train, "next-item", 3, KS, seed=0,
+                                                   epochs={"spy": 4})
     assert EpochSpy.fits == [(20, True)] * 3
 
 

@@ -267,8 +267,9 @@ class _ModelJob:
         outputs = {k: model_outputs(model, self.test_eps[k], self.protocol) for k in self.ks}
         rows_out, notes = _rows_and_notes(name, self.test_eps, outputs, self.protocol, rates,
                                           self.cutoffs)
-        collected: dict[str, Any] = {"epoch": kept_epoch(model)}
+        collected: dict[str, Any] = {}
         if name in self.collect:
+            collected["epoch"] = kept_epoch(model)
             collected["test"] = outputs
             collected["test_confidence"] = {k: model_confidences(model, self.test_eps[k], outputs[k])
                                             for k in self.ks}

@@ -213,7 +213,7 @@ class Stack(Recommender, LearnsFromOutputs):
         chosen = self.choose_learned(outputs.episodes, outputs.outputs)
         return validate.out_of_fold({m: unfitted[m] for m in chosen}, data, self.task, self.folds,
                                     self.validation_ks, self.seed, jobs=jobs, progress=progress,
-                                    epochs={m: e for m, e in outputs.epochs.items() if m in chosen})
+                                    epochs=outputs.epochs)
 
     def alternatives(self, task: str) -> list[str]:
         """The learner validation did not choose (both are fitted): an evaluation reports it
