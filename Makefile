@@ -62,6 +62,7 @@ bench: setup peers $(VENV)/.load
 	$(PY) benchmarks/sequential.py training
 	$(PY) benchmarks/content_text.py
 	$(PY) benchmarks/stack.py --part items
+	$(PY) benchmarks/stack.py --part seeds
 	$(PY) benchmarks/full_ranking.py
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 	$(PY) benchmarks/seq_objectives.py compare

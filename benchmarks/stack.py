@@ -1,7 +1,7 @@
 """The cold-to-warm stack on MovieLens-100k: every member, the stack and the per-user oracle at
 each K, under both protocols; then new items by item stratum N with TF-IDF and MiniLM content.
 
-    .venv/bin/python benchmarks/stack.py [--part users|items|all] [--seed 0] [--jobs 2]
+    .venv/bin/python benchmarks/stack.py [--part users|items|seeds|all] [--seed 0] [--jobs 2]
 
 users: the new-user split of `thaw run` (K = 0, 1, 3, 5, 10), every registered model, and the
 stack over all of them but random (the learned stacker at its defaults: five folds of its six
@@ -12,6 +12,11 @@ content, one whose is MiniLM content) and the learned stacker over the TF-IDF me
 (`stack-learned`: on the new-item split its out-of-fold episodes come from folds of the
 training items, each item scored as a new item by fits that never saw it; on the both-cold
 split from folds of users).
+seeds (not in "all"): issue 21's seed ensembles on the new-user split, next-item: sasrec and
+gru4rec beside their three-seed averages (sasrec-x3, gru4rec-x3), and the learned stacker at the
+main job's settings over the four members it kept there (sasrec, gru4rec, mf, segment-pop)
+beside the same stacker over the ensembles in their place (`stack-x3`). Both stacks are held to
+the best of every member in the run, the ensembles included.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from thaw.registry import make_model, model_names
 from thaw.stack import Stack, StackTable
 
 ITEM_MODELS = ("random", "pop", "segment-pop", "content", "content-minilm", "mf", "fomaml", "deepfm")
+SEED_MODELS = ("random", "pop", "segment-pop", "mf", "sasrec", "gru4rec", "sasrec-x3", "gru4rec-x3")
+STACK_KEPT = ("sasrec", "gru4rec", "mf", "segment-pop")
+"""The members the main job's learned stack kept in next-item (BENCHMARKS section 1)."""
 
 
 KS = (0, 1, 3, 5, 10)
@@ -46,7 +54,9 @@ def targets(split, protocol: str) -> dict | None:
             for e in episodes(split, "test", k, protocol, max_k=max(KS))}
 
 
-def run(split, models: dict, protocol: str, seed: int, jobs: int) -> None:
+def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | None = None) -> None:
+    """Evaluate and print the tables, then each stack against its best member and the oracle
+    (over ``bar[stack]`` where given, else over the stack's own members)."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateResultWarning)
@@ -54,7 +64,7 @@ def run(split, models: dict, protocol: str, seed: int, jobs: int) -> None:
     print(format_tables(result))
     clusters = targets(split, protocol)
     for name in result.meta.get("stacks", {}):
-        members = result.meta["stacks"][name]["members"]
+        members = (bar or {}).get(name) or result.meta["stacks"][name]["members"]
         for metric in dict.fromkeys((HEADLINE[protocol], "hit@10" if protocol == "next-item" else "rmse")):
             print(f"\n{name} against its best member and the oracle, {metric}:")
             print(format_headroom(headroom(result.per_user, name, members, metric, clusters=clusters)))
@@ -65,7 +75,7 @@ def run(split, models: dict, protocol: str, seed: int, jobs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("users", "items", "all"), default="all")
+    parser.add_argument("--part", choices=("users", "items", "seeds", "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
@@ -94,6 +104,16 @@ def main() -> None:
                 models["stack-learned"] = Stack(members=[*shared, "content"], content="content", folds=3)
                 models["stack-learned"].name = "stack-learned"
                 run(split, models, protocol, args.seed, args.jobs)
+    if args.part == "seeds":
+        split = make_split(data, "new-user", seed=args.seed)
+        print(split.describe())
+        models = {n: make_model(n) for n in SEED_MODELS}
+        swapped = [f"{m}-x3" if m in ("sasrec", "gru4rec") else m for m in STACK_KEPT]
+        for name, members in (("stack", STACK_KEPT), ("stack-x3", swapped)):
+            models[name] = Stack(members=list(members), folds=3)
+            models[name].name = name
+        everyone = [n for n in SEED_MODELS if n != "random"]
+        run(split, models, "next-item", args.seed, args.jobs, bar={"stack": everyone, "stack-x3": everyone})
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -27,6 +27,8 @@ TWO_TOWER = ("coldwarm", "coldwarm-nogate", "coldwarm-nodkd", "coldwarm-nobias",
              "dssm", "youtubednn", "fm")
 SMALL = {"mf": {"iterations": 2, "dim": 4}, "bpr": {"epochs": 2, "dim": 8},
          "sasrec": {"epochs": 1, "dim": 8, "max_len": 8}, "gru4rec": {"epochs": 1, "dim": 8, "max_len": 8},
+         "sasrec-x3": {"seeds": 2, "epochs": 1, "dim": 8, "max_len": 8},
+         "gru4rec-x3": {"seeds": 2, "epochs": 1, "dim": 8, "max_len": 8},
          "metatl": {"epochs": 1, "dim": 8, "tasks_per_user": 2},
          "metatl-nomaml": {"epochs": 1, "dim": 8, "tasks_per_user": 2},
          **{n: {"epochs": 1, "dim": 4, "hidden": (8,)} for n in FEATURE_NETS},

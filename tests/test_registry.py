@@ -100,7 +100,7 @@ def test_import_thaw_alone_stays_light():
 
 # --- abilities -------------------------------------------------------------------------------
 
-SHRUNK = {"epochs": 1, "iterations": 2, "dim": 8, "max_len": 5, "tasks_per_user": 2}
+SHRUNK = {"epochs": 1, "iterations": 2, "dim": 8, "max_len": 5, "tasks_per_user": 2, "seeds": 2}
 
 
 def tiny(name):
@@ -304,3 +304,11 @@ def test_negative_samplers_draw_only_untouched_items():
     touched = {0: {1, 2}, 1: {0}, 2: {3, 4}}
     for owner in owners:
         assert not set(drawn[owner].ravel().tolist()) & touched[owner]
+
+
+def test_all_leaves_out_the_seed_ensembles_which_run_where_named():
+    from thaw.cli import _model_list
+
+    everything = _model_list("all")
+    assert "sasrec" in everything and not {"sasrec-x3", "gru4rec-x3"} & set(everything)
+    assert _model_list("sasrec-x3,gru4rec-x3") == ["sasrec-x3", "gru4rec-x3"]

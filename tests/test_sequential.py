@@ -258,3 +258,25 @@ def test_support_adaptation_moves_warm_scores_only(walk_split):
     contexts, items = [warm, empty, Context(None, history([9]))], [np.arange(60), np.arange(9), np.arange(30)]
     for ctx, cands, batch in zip(contexts, items, adapted.score_many(contexts, items), strict=True):
         assert np.array_equal(adapted.score(ctx, cands), batch)
+
+
+def test_a_seed_ensemble_averages_the_z_scores_of_copies_fitted_from_consecutive_seeds(walk_split):
+    from thaw.models.base import normalise
+
+    ensemble = make_model("gru4rec-x3", seed=5, seeds=2, epochs=1, dim=8).fit(walk_split.train)
+    alone = [make_model("gru4rec", seed=s, epochs=1, dim=8).fit(walk_split.train) for s in (5, 6)]
+    assert [c.seed for c in ensemble.copies] == [5, 6] and all(c.dim == 8 for c in ensemble.copies)
+    user = list(walk_split.test)[0]
+    ctx = Context(None, walk_split.test[user].take(slice(0, 3)))
+    items = np.arange(walk_split.train.n_items)
+    expected = (normalise(alone[0].score(ctx, items)) + normalise(alone[1].score(ctx, items))) / 2
+    np.testing.assert_allclose(ensemble.score(ctx, items), expected, rtol=1e-12)
+    assert not np.allclose(normalise(alone[0].score(ctx, items)), normalise(alone[1].score(ctx, items)))
+
+
+def test_a_seed_ensemble_takes_its_models_parameters_and_refuses_others():
+    assert parse_param("sasrec-x3", "n_blocks", "3") == 3 and parse_param("sasrec-x3", "seeds", "5") == 5
+    with pytest.raises(ThawError, match="sasrec takes no parameter hidden"):
+        make_model("sasrec-x3", hidden=8)
+    with pytest.raises(ThawError, match="at least 1 seed"):
+        make_model("gru4rec-x3", seeds=0)

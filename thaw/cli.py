@@ -614,10 +614,10 @@ def _load(dataset: str, columns: dict[str, str] | None, scale: tuple[float, floa
 
 
 def _model_list(text: str, two_domains: bool = False) -> list[str]:
-    from thaw.registry import CROSS_DOMAIN, model_class, model_names
+    from thaw.registry import CROSS_DOMAIN, NAMED_ONLY, model_class, model_names
 
     known = model_names()
-    names = ([n for n in known if n not in CROSS_DOMAIN] if text.strip() == "all"
+    names = ([n for n in known if n not in CROSS_DOMAIN and n not in NAMED_ONLY] if text.strip() == "all"
              else _csv_list(text, "models"))
     unknown = [n for n in names if n not in known]
     if unknown:

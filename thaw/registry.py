@@ -41,6 +41,8 @@ WHERE: dict[str, str] = {
     "deepfm": "thaw.models.widedeep:DeepFM",
     "sasrec": "thaw.models.sequential:SASRec",
     "gru4rec": "thaw.models.sequential:GRU4Rec",
+    "sasrec-x3": "thaw.models.ensemble:SASRecSeeds",
+    "gru4rec-x3": "thaw.models.ensemble:GRU4RecSeeds",
     "metatl": "thaw.meta.metatl:MetaTLModel",
     "metatl-nomaml": "thaw.meta.metatl:MetaTLNoMAML",
     "metacsr": "thaw.meta.metacsr:MetaCSR",
@@ -68,6 +70,9 @@ CROSS_DOMAIN = ("tgt", "cmf", "emcdr", "ptupcdr")
 """The models of the cross-domain protocol (``thaw transfer``): those that need a source domain
 (their class's ``needs_source``) and tgt, mf under the name that protocol reports it by; "all"
 leaves them out."""
+NAMED_ONLY = ("sasrec-x3", "gru4rec-x3")
+"""Models "all" leaves out, run only where named: a seed ensemble costs its model's fit three
+times over, and the main job has no room for it (BENCHMARKS section 5 measures it)."""
 
 
 def _by_name(where: dict[str, str]) -> dict[str, type[Recommender]]:
@@ -146,6 +151,10 @@ def parameters(name: str) -> dict[str, inspect.Parameter]:
                 out.setdefault(p.name, p.replace(annotation=hints.get(p.name, p.annotation)))
         if not passes_on:
             break
+    copied = getattr(model_class(name), "copies_of", "")
+    if copied:  # an ensemble of copies (thaw/models/ensemble.py) takes its model's parameters
+        for key, p in parameters(copied).items():
+            out.setdefault(key, p)
     return out
 
 

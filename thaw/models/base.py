@@ -336,6 +336,21 @@ def kept_epoch(model: Recommender) -> int | None:
     return int(max(scored, key=lambda r: (r["validation"], -r["epoch"]))["epoch"])
 
 
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """Z-scores over one request's candidates, so answers on different scales can be blended
+    (the stack's members, a seed ensemble's copies).
+    A score of -inf (a sequence model's "never seen in training") stays below every other."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    z = np.zeros_like(scores)
+    if finite.any():
+        values = scores[finite]
+        spread = values.std()
+        z[finite] = (values - values.mean()) / spread if spread > 0 else 0.0
+        z[~finite] = z[finite].min() - 1.0
+    return z
+
+
 def top_n(model: Recommender, ctx: Context, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best of ``items`` for this user (items already in their history left out),
     best first, with their scores; fewer only when fewer items remain."""

@@ -678,7 +678,7 @@ def score_prior(scores: np.ndarray, like_rate: float) -> np.ndarray:
     by each score's z-score within the pool (one standard deviation up: e times the odds). An
     assumption, not a calibration: it only has to order the arms as the stack does and stay
     soft enough that a few rewards can overturn it."""
-    from thaw.stack.router import normalise  # the stack's own z-scores (-inf: below the rest)
+    from thaw.models.base import normalise  # the stack's own z-scores (-inf: below the rest)
 
     logit = np.log(like_rate / (1.0 - like_rate)) + normalise(scores)
     return 1.0 / (1.0 + np.exp(-logit))

@@ -30,6 +30,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
+from thaw.models.base import normalise
+
 LEARNERS = ("fwls", "lgbm")
 PENALTIES = (1e-3, 1e-2, 1e-1)
 """The FWLS ridge weights tried on validation users."""
@@ -39,13 +41,6 @@ A field with more values than this (a zip code) is left out of FWLS's request fe
 TIE_BREAK = 1e-6
 """LightGBM's trees score many candidates alike; ties count against a model, so the members'
 mean z-score, scaled to change no other order, breaks them."""
-
-
-def _z(scores: np.ndarray) -> np.ndarray:
-    # The router's normalise; imported here, as the router imports this module.
-    from thaw.stack.router import normalise
-
-    return normalise(scores)
 
 
 class Features:
@@ -118,7 +113,7 @@ class Features:
                 cols.append(np.zeros(n))
                 continue
             out = np.asarray(out, dtype=np.float64)
-            cols.append(np.nan_to_num(_z(out) if self.task == "next-item" else out, nan=0.0,
+            cols.append(np.nan_to_num(normalise(out) if self.task == "next-item" else out, nan=0.0,
                                       posinf=0.0, neginf=0.0))
         return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
 

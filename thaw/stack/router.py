@@ -38,6 +38,7 @@ from thaw.models.base import (
     OutOfFold,
     Recommender,
     Validator,
+    normalise,
 )
 from thaw.stack import learned
 
@@ -75,20 +76,6 @@ def band_of(n: int, bands: Sequence[Sequence[int | None]]) -> int:
 def band_label(band: Sequence[int | None]) -> str:
     low, high = band
     return f"{low}+" if high is None else (str(low) if low == high else f"{low}-{high}")
-
-
-def normalise(scores: np.ndarray) -> np.ndarray:
-    """Z-scores over one request's candidates, so members on different scales can be blended.
-    A score of -inf (a sequence model's "never seen in training") stays below every other."""
-    scores = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(scores)
-    z = np.zeros_like(scores)
-    if finite.any():
-        values = scores[finite]
-        spread = values.std()
-        z[finite] = (values - values.mean()) / spread if spread > 0 else 0.0
-        z[~finite] = z[finite].min() - 1.0
-    return z
 
 
 def episode_value(outputs: np.ndarray, truth: np.ndarray | None, task: str) -> np.ndarray:
