@@ -28,8 +28,7 @@ import warnings
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.episodes import episodes
-from thaw.eval.headroom import format_headroom, headroom
+from thaw.eval.headroom import format_headroom, headroom, target_clusters
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
 from thaw.registry import make_model, model_names
@@ -44,16 +43,6 @@ STACK_KEPT = ("sasrec", "gru4rec", "mf", "segment-pop")
 KS = (0, 1, 3, 5, 10)
 
 
-def targets(split, protocol: str) -> dict | None:
-    """Each next-item test user's target at each K on the item splits, where many users share
-    one new item as their target (the headroom's verdict then resamples targets, not users);
-    None elsewhere."""
-    if split.kind == "new-user" or protocol != "next-item":
-        return None
-    return {(k, e.user): int(e.candidates[0]) for k in KS
-            for e in episodes(split, "test", k, protocol, max_k=max(KS))}
-
-
 def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | None = None) -> None:
     """Evaluate and print the tables, then each stack against its best member and the oracle
     (over ``bar[stack]`` where given, else over the stack's own members)."""
@@ -62,7 +51,9 @@ def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | No
         warnings.simplefilter("always", DegenerateResultWarning)
         result = evaluate(models, split, protocol=protocol, ks=KS, seed=seed, jobs=jobs)
     print(format_tables(result))
-    clusters = targets(split, protocol)
+    print("\nfit seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in
+                                         zip(result.timings["model"], result.timings["fit_seconds"], strict=True)))
+    clusters = target_clusters(result.targets)
     for name in result.meta.get("stacks", {}):
         members = (bar or {}).get(name) or result.meta["stacks"][name]["members"]
         for metric in dict.fromkeys((HEADLINE[protocol], "hit@10" if protocol == "next-item" else "rmse")):

@@ -9,7 +9,7 @@ import pytest
 from thaw.data.splits import make_split
 from thaw.errors import ThawError
 from thaw.eval.episodes import episodes
-from thaw.eval.headroom import format_headroom, headroom
+from thaw.eval.headroom import format_headroom, format_persistence, headroom, persistence
 from thaw.eval.protocol import DegenerateResultWarning, EvalResult, FewUsersWarning, SplitValidator, evaluate
 from thaw.eval.statistics import clustered_p, compare, holm, paired_p, summarise
 from thaw.models.base import Recommender
@@ -185,6 +185,27 @@ def test_a_target_many_users_share_counts_once_in_the_clustered_test():
     assert by_target["targets"].item() == 141 and "by target" in format_headroom(by_target)
 
 
+def _two_members(value) -> pd.DataFrame:
+    """A per_user frame of members a and b over 200 users at K = 0, 1, 3, 5, 10."""
+    rows = [{"user": u, "K": k, "model": m, "metric": "ndcg@10", "value": value(u, k, m)}
+            for u in range(200) for k in (0, 1, 3, 5, 10) for m in ("a", "b")]
+    return pd.DataFrame(rows)
+
+
+def test_a_preference_that_follows_the_user_is_found_on_their_other_targets_and_luck_is_not():
+    # half the users always do better with a, half with b: their other K say which
+    steady = _two_members(lambda u, k, m: 0.8 if (u % 2 == 0) == (m == "a") else 0.4)
+    table = persistence(steady, ["a", "b"], "ndcg@10")
+    assert np.allclose(table["captured"], 1.0) and np.allclose(table["persistent"], 0.8)
+    # who wins is a coin flip per (user, K): the oracle still leads, the other K say nothing
+    rng = np.random.default_rng(0)
+    draws = {(u, k, m): rng.random() for u in range(200) for k in (0, 1, 3, 5, 10) for m in ("a", "b")}
+    luck = persistence(_two_members(lambda u, k, m: draws[u, k, m]), ["a", "b"], "ndcg@10")
+    assert (luck["oracle"] > luck["best"] + 0.1).all()
+    assert abs(luck["captured"].mean()) < 0.2 and luck["users"].eq(200).all()
+    assert "per-user" in format_persistence(luck)
+
+
 def test_compare_writes_only_the_named_pairs(synthetic):
     split = make_split(synthetic, "new-user", seed=0)
     result = evaluate(["random", "pop", "content"], split, ks=(1, 3), progress=False,
@@ -287,3 +308,16 @@ class _Short(Recommender):
 
     def score(self, ctx, items):
         return np.zeros(len(items) - 1)
+
+
+def test_next_item_on_an_item_split_records_each_test_episodes_target(synthetic):
+    split = make_split(synthetic, "new-item", seed=0)
+    result = evaluate(["pop"], split, ks=(0, 1), progress=False, n_bootstrap=20)
+    expected = {(k, e.user): int(e.candidates[0])
+                for k in (0, 1) for e in episodes(split, "test", k, "next-item", max_k=1)}
+    recorded = {(k, u): i for k, u, i in result.targets[["K", "user", "item"]].itertuples(index=False)}
+    assert recorded == expected and len(set(expected.values())) < len(expected)  # users share targets
+    new_users = evaluate(["pop"], make_split(synthetic, "new-user", seed=0), ks=(0,), progress=False,
+                         n_bootstrap=20)
+    ratings = evaluate(["pop"], split, protocol="rating", ks=(0,), progress=False, n_bootstrap=20)
+    assert new_users.targets.empty and ratings.targets.empty

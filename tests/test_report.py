@@ -97,6 +97,30 @@ def test_without_a_stack_the_leader_is_compared_with_the_runner_up(result):
     assert (lines[10].first, lines[10].second) == ("sasrec", "mf") and lines[10].significant
 
 
+def test_on_an_item_split_the_verdicts_resample_the_target_items_and_the_files_keep_them(result, tmp_path):
+    from dataclasses import replace
+
+    from thaw.eval.headroom import headroom, target_clusters
+
+    users = result.per_user["user"].unique()
+    # three targets shared by all the users at each K: the users' differences are not independent
+    targets = pd.DataFrame([(k, u, 100 + u % 3) for k in KS for u in users], columns=["K", "user", "item"])
+    items = replace(result, meta={**result.meta, "split_kind": "new-item"}, targets=targets,
+                    user_ids=np.array([f"u{u}" for u in range(len(users))], dtype=object))
+    by_targets = headroom(items.per_user, "stack", MEMBERS, "ndcg@10", clusters=target_clusters(targets))
+    plain = {v.k: v for v in verdicts(result, "stack")}
+    for v in verdicts(items, "stack"):
+        assert v.test == "resampling target items" and "resampling target items" in v.sentence()
+        assert v.p_holm == by_targets.set_index("K").at[v.k, "p_clustered_holm"]
+        assert (v.low, v.high) != (plain[v.k].low, plain[v.k].high)
+    assert all(v.test == "paired Wilcoxon" for v in plain.values())
+    assert "by target" in format_tables(items) and "by target" not in format_tables(result)
+    written = pd.read_csv(write_results([items], tmp_path / "out", seed=0)["targets.csv"])
+    assert len(written) == len(targets) and set(written["user"]) == {f"u{u}" for u in users}
+    assert not (tmp_path / "plain" / "targets.csv").exists() and "targets.csv" not in write_results(
+        [result], tmp_path / "plain", seed=0)
+
+
 def test_the_heat_map_shades_better_cells_darker_and_bolds_the_best(result):
     page = heat_table(result.table, "ndcg@10")
     row = {m: re.findall(r"rgba\(33,102,172,([0-9.]+)\)", line)

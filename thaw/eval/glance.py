@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from thaw.eval.metrics import LOWER_IS_BETTER, bootstrap_interval
+from thaw.eval.statistics import clustered_means
 
 HEADLINE = {"next-item": "ndcg@10", "rating": "mae"}
 BASELINES = ("random", "pop")
@@ -243,6 +244,7 @@ class Verdict:
     p_holm: float
     significant: bool
     against: str  # "best member" (a stack against its best member) or "runner-up"
+    test: str = "paired Wilcoxon"  # or "resampling target items" (users sharing new-item targets)
 
     def sentence(self) -> str:
         sign = "lower" if self.metric in LOWER_IS_BETTER else "higher"
@@ -254,7 +256,7 @@ class Verdict:
                     f"{self.second} {self.second_value:.4f}")
         outcome = ("significant" if self.significant else "not significant")
         return (f"{head}; difference {self.diff:+.4f} [{self.low:+.4f}, {self.high:+.4f}] ({sign} is "
-                f"better), {outcome} (paired Wilcoxon, Holm p = {self.p_holm:.3g})")
+                f"better), {outcome} ({self.test}, Holm p = {self.p_holm:.3g})")
 
     @property
     def outcome(self) -> str:
@@ -268,7 +270,7 @@ class Verdict:
 def verdicts(result: object, stack: str | None = None) -> list[Verdict]:
     """Per K: the stack against its best member (chosen after the fact on the test users),
     or, without a stack, the leader against the runner-up (among every model evaluated)."""
-    from thaw.eval.headroom import headroom
+    from thaw.eval.headroom import headroom, target_clusters
 
     metric = headline(result)
     per_user = result.per_user  # type: ignore[attr-defined]
@@ -278,13 +280,20 @@ def verdicts(result: object, stack: str | None = None) -> list[Verdict]:
     values = per_user[per_user["metric"] == metric]
     out = []
     if stack is not None:
-        table = headroom(per_user, stack, meta["stacks"][stack]["members"], metric)
+        clusters = target_clusters(getattr(result, "targets", None))
+        table = headroom(per_user, stack, meta["stacks"][stack]["members"], metric, clusters=clusters)
         for row in table.itertuples():
             diff = _paired(values, row.K, stack, row.best_member)
-            low, high = bootstrap_interval(diff, seed=0)
+            if clusters is None:
+                (low, high), p, test = bootstrap_interval(diff.to_numpy(), seed=0), row.p_holm, "paired Wilcoxon"
+            else:  # users share new items as targets: the uncertainty is the targets'
+                targets = np.array([clusters[(int(row.K), u)] for u in diff.index])
+                low, high = np.percentile(clustered_means(diff.to_numpy(), targets), [2.5, 97.5])
+                p, test = row.p_clustered_holm, "resampling target items"
             out.append(Verdict(int(row.K), metric, stack, row.best_member, row.stack, row.best,
-                               float(row.diff), low, high, float(row.p_holm),
-                               bool(row.significantly_better or row.significantly_worse), "best member"))
+                               float(row.diff), float(low), float(high), float(p),
+                               bool(row.significantly_better or row.significantly_worse), "best member",
+                               test))
         return out
     comparisons = result.comparisons  # type: ignore[attr-defined]
     lower = metric in LOWER_IS_BETTER
@@ -295,7 +304,7 @@ def verdicts(result: object, stack: str | None = None) -> list[Verdict]:
             continue
         first, second = column.index[0], column.index[1]
         diff = _paired(values, k, first, second)
-        low, high = bootstrap_interval(diff, seed=0)
+        low, high = bootstrap_interval(diff.to_numpy(), seed=0)
         pair = comparisons[(comparisons["K"] == k) & (comparisons["metric"] == metric)
                            & (((comparisons["model_a"] == first) & (comparisons["model_b"] == second))
                               | ((comparisons["model_a"] == second) & (comparisons["model_b"] == first)))] \
@@ -308,14 +317,14 @@ def verdicts(result: object, stack: str | None = None) -> list[Verdict]:
     return out
 
 
-def _paired(values: pd.DataFrame, k: int, a: str, b: str) -> np.ndarray:
-    """Per-user differences a - b at one K, over the users both were scored on."""
+def _paired(values: pd.DataFrame, k: int, a: str, b: str) -> pd.Series:
+    """Per-user differences a - b at one K (indexed by user), over the users both were scored on."""
     at = values[(values["K"] == k) & values["model"].isin([a, b])]
     wide = at.pivot_table(index="user", columns="model", values="value")
     if a not in wide or b not in wide:
-        return np.empty(0)
+        return pd.Series(dtype=np.float64)
     both = wide[[a, b]].dropna()
-    return (both[a] - both[b]).to_numpy(dtype=np.float64)
+    return (both[a] - both[b]).astype(np.float64)
 
 
 # --- routing and the heat map ----------------------------------------------------------------

@@ -20,6 +20,14 @@ from thaw.eval.metrics import LOWER_IS_BETTER
 from thaw.eval.statistics import clustered_p, holm, paired_p
 
 
+def target_clusters(targets: pd.DataFrame | None) -> dict[tuple[int, int], int] | None:
+    """``headroom``'s clusters from an evaluation's ``targets`` frame (K, user, item), or None
+    where it recorded none (new users, ratings)."""
+    if targets is None or not len(targets):
+        return None
+    return {(int(k), u): i for k, u, i in targets[["K", "user", "item"]].itertuples(index=False)}
+
+
 def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,
              alpha: float = 0.05, clusters: Mapping[tuple[int, int], int] | None = None) -> pd.DataFrame:
     """One row per K: best member, its value, the stack's, the oracle's, the paired test of
@@ -48,7 +56,7 @@ def headroom(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric:
                "diff": float(diff.mean()), "p_value": p,
                "worse": bool(worse), "headroom_captured": captured, "users": len(wide)}
         if clusters is not None:
-            targets = np.array([clusters[(int(k), int(u))] for u in wide.index])
+            targets = np.array([clusters[(int(k), u)] for u in wide.index])
             row["p_clustered"] = clustered_p(diff.to_numpy(), targets)
             row["targets"] = len(np.unique(targets))
         rows.append(row)
@@ -79,4 +87,53 @@ def format_headroom(table: pd.DataFrame) -> str:
                      f"{r.diff:+8.4f} {r.p_holm:8.4f}{by_target}  {r.headroom_captured:8.1%}{flag}")
     if clustered:
         lines.append("(p (Holm): Wilcoxon over users; by target: resampling target items, which decides)")
+    return "\n".join(lines)
+
+
+def persistence(per_user: pd.DataFrame, members: Sequence[str], metric: str) -> pd.DataFrame:
+    """How much of the oracle's headroom follows the user rather than the single target.
+
+    The oracle picks each user's best member on the very target it is scored on, so with one
+    target per episode part of its lead is luck. Here each user's member at K is the one best
+    on that user's own episodes at the other K (their other targets; ties to the member best
+    on average there): a choice no stacker could make at request time, but the most a per-user
+    preference that persists from one target to the next could give. One row per K: the best
+    member (after the fact, as in ``headroom``), the oracle, this choice, and the share of the
+    oracle's headroom it captures."""
+    lower = metric in LOWER_IS_BETTER
+    sign = -1.0 if lower else 1.0
+    values = per_user[(per_user["metric"] == metric) & per_user["model"].isin(members)]
+    cube = values.pivot_table(index=["user", "K"], columns="model", values="value").dropna()
+    ks = sorted(cube.index.get_level_values("K").unique())
+    users = cube.index.get_level_values("user")
+    complete = users.value_counts()
+    cube = cube[users.isin(complete[complete == len(ks)].index)]  # users scored at every K
+    rows = []
+    for k in ks:
+        here = cube.xs(k, level="K")
+        elsewhere = cube[cube.index.get_level_values("K") != k].groupby(level="user").mean()
+        elsewhere = elsewhere.loc[here.index] * sign
+        tie_break = elsewhere.mean() * 1e-9  # a user's tie goes to the member better on average
+        chosen = (elsewhere + tie_break).idxmax(axis=1)
+        persistent = np.array([here.at[u, m] for u, m in chosen.items()])
+        means = here.mean()
+        best = means.idxmin() if lower else means.idxmax()
+        oracle = (here.min(axis=1) if lower else here.max(axis=1)).mean()
+        gap = oracle - means[best]
+        rows.append({"K": int(k), "metric": metric, "best_member": best, "best": float(means[best]),
+                     "persistent": float(persistent.mean()), "oracle": float(oracle),
+                     "captured": float((persistent.mean() - means[best]) / gap) if abs(gap) > 1e-12 else float("nan"),
+                     "users": len(here)})
+    return pd.DataFrame(rows)
+
+
+def format_persistence(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no members scored at every K)"
+    lines = [f"{'K':>3s}  {'best member':16s} {'best':>7s} {'per-user':>8s} {'oracle':>7s}  captured"]
+    for r in table.itertuples():
+        lines.append(f"{r.K:>3d}  {r.best_member:16s} {r.best:7.4f} {r.persistent:8.4f} {r.oracle:7.4f}  "
+                     f"{r.captured:8.1%}")
+    lines.append("(per-user: each user's member chosen on their own episodes at the other K; "
+                 f"{int(table['users'].iloc[0])} users)")
     return "\n".join(lines)

@@ -116,6 +116,10 @@ class EvalResult:
     (its training interactions, see ``make_split``) in column N instead of K, over every K."""
     user_ids: np.ndarray | None = None
     """The data set's own id of each internal user index (``per_user.user``), for the files."""
+    targets: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """New-item and both-cold splits, next-item protocol: each test episode's target item (K,
+    user, item). Many users share one new item as their target there, so a stack's verdicts
+    resample targets, not users (``thaw.eval.headroom``); empty elsewhere."""
 
 
 def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, split: Split, *,
@@ -197,10 +201,13 @@ def evaluate(models: Mapping[str, Recommender] | Sequence[str] | Recommender, sp
             if split.negatives else 0}
     if stack_meta:
         meta["stacks"] = stack_meta
+    targets = pd.DataFrame(
+        [(k, e.user, int(e.candidates[0])) for k, eps in test_eps.items() for e in eps]
+        if protocol == "next-item" and split.kind != "new-user" else [], columns=["K", "user", "item"])
     return EvalResult(table, per_user, compare(per_user, pairs), pd.DataFrame(
         timing_rows, columns=["model", "fit_seconds", "score_seconds"]), users_note + skipped + notes, meta,
         item_strata_table(per_user, split, test_eps, protocol, n_bootstrap, seed),
-        user_ids=np.asarray(split.train.user_ids))
+        user_ids=np.asarray(split.train.user_ids), targets=targets)
 
 
 def _check_has_ratings(split: Split) -> None:

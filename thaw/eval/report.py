@@ -30,7 +30,7 @@ from thaw.eval.protocol import EvalResult
 
 RESULTS_JSON = "results.json"
 RESULT_FILES = frozenset({"results.csv", "results_by_item.csv", "per_user.csv", "comparisons.csv",
-                          RESULTS_JSON, "cold_to_warm.png", "report.html"})
+                          "targets.csv", RESULTS_JSON, "cold_to_warm.png", "report.html"})
 """Every file a results folder may hold (``write_results`` writes them and nothing else)."""
 
 
@@ -117,12 +117,12 @@ def interval_cell(value: float, low: float, high: float) -> str:
 def stack_summary(result: EvalResult, name: str) -> str:
     """A stack's learned routing table, the share of test requests that tripped its circuit
     breaker at each K, and how it compares with its best member and the per-user oracle."""
-    from thaw.eval.headroom import format_headroom, headroom
+    from thaw.eval.headroom import format_headroom, headroom, target_clusters
 
     info = result.meta["stacks"][name]
     trips = ", ".join(f"K={k}: {share:.1%}" for k, share in info["trip_share"].items())
     metric = HEADLINE[result.meta["protocol"]]
-    table = headroom(result.per_user, name, info["members"], metric)
+    table = headroom(result.per_user, name, info["members"], metric, clusters=target_clusters(result.targets))
     return (f"{name}: routing learned on validation users\n{info['explain']}\n  breaker tripped: "
             f"{trips}\n\n{name} against its best member (chosen on the test users) and the "
             f"per-user oracle, {metric}:\n" + format_headroom(table))
@@ -271,6 +271,10 @@ def _write_files(results: Sequence[EvalResult], out: Path, seed: int, command: S
     if len(by_item):
         written.append("results_by_item.csv")
         by_item.to_csv(out / "results_by_item.csv", index=False, float_format="%.6g")
+    targets = tagged("targets")
+    if len(targets):
+        written.append("targets.csv")
+        targets.to_csv(out / "targets.csv", index=False)
     payload = {
         "provenance": prov,
         "settings": dict(settings) if settings is not None else None,
@@ -288,8 +292,9 @@ def _write_files(results: Sequence[EvalResult], out: Path, seed: int, command: S
 
 
 def _raw_ids(result: EvalResult, frame: pd.DataFrame, frame_of: str) -> pd.DataFrame:
-    """per_user with each user as the data set names them (the frames hold internal indices)."""
-    if frame_of != "per_user" or result.user_ids is None or not len(frame):
+    """per_user and targets with each user as the data set names them (the frames hold
+    internal indices)."""
+    if frame_of not in ("per_user", "targets") or result.user_ids is None or not len(frame):
         return frame
     ids = np.asarray(result.user_ids, dtype=object)
     return frame.assign(user=ids[frame["user"].to_numpy(dtype=np.int64)])

@@ -55,21 +55,28 @@ def paired_p(diff: np.ndarray) -> float:
     return 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(diff, zero_method="zsplit").pvalue)
 
 
-def clustered_p(diff: np.ndarray, clusters: np.ndarray, *, n_bootstrap: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p of the mean of per-user differences when users come in clusters whose
-    differences move together (users whose target is the same item): whole clusters are
-    resampled with replacement, and p is twice the share of resampled means on the far side
-    of zero (capped at 1). The estimate is still the mean over users; only its uncertainty
-    counts clusters, not users, so one item that is many users' target weighs as one."""
+def clustered_means(diff: np.ndarray, clusters: np.ndarray, *, n_bootstrap: int = 10_000,
+                    seed: int = 0) -> np.ndarray:
+    """Bootstrap means of per-user differences when users come in clusters whose differences
+    move together (users whose target is the same item): whole clusters are resampled with
+    replacement, so one item that is many users' target weighs as one."""
     diff = np.asarray(diff, dtype=np.float64)
-    if np.allclose(diff, 0):
-        return 1.0
     _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
     sums = np.bincount(cluster, weights=diff)
     sizes = np.bincount(cluster).astype(np.float64)
     rng = np.random.default_rng([seed, len(diff)])
     draws = rng.multinomial(len(sums), np.full(len(sums), 1.0 / len(sums)), size=n_bootstrap)
-    means = (draws @ sums) / (draws @ sizes)
+    return (draws @ sums) / (draws @ sizes)
+
+
+def clustered_p(diff: np.ndarray, clusters: np.ndarray, *, n_bootstrap: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p of the mean of per-user differences, its uncertainty from resampling whole
+    clusters (``clustered_means``): twice the share of resampled means on the far side of zero
+    (capped at 1). The estimate is still the mean over users; only its uncertainty counts
+    clusters, not users."""
+    if np.allclose(np.asarray(diff, dtype=np.float64), 0):
+        return 1.0
+    means = clustered_means(diff, clusters, n_bootstrap=n_bootstrap, seed=seed)
     return float(min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0))))
 
 
