@@ -1,7 +1,7 @@
 """The cold-to-warm stack on MovieLens-100k: every member, the stack and the per-user oracle at
 each K, under both protocols; then new items by item stratum N with TF-IDF and MiniLM content.
 
-    .venv/bin/python benchmarks/stack.py [--part users|items|seeds|all] [--seed 0] [--jobs 2]
+    .venv/bin/python benchmarks/stack.py [--part users|items|seeds|blend|all] [--seed 0] [--jobs 2]
 
 users: the new-user split of `thaw run` (K = 0, 1, 3, 5, 10), every registered model, and the
 stack over all of them but random (the learned stacker at its defaults: five folds of its six
@@ -17,6 +17,9 @@ gru4rec beside their three-seed averages (sasrec-x3, gru4rec-x3), and the learne
 main job's settings over the four members it kept there (sasrec, gru4rec, mf, segment-pop)
 beside the same stacker over the ensembles in their place (`stack-x3`). Both stacks are held to
 the best of every member in the run, the ensembles included.
+blend (not in "all"): the same split and stack beside `blend`, the equal-weight average of
+sasrec's and gru4rec's per-request z-scores (nothing learned): how much of the learned
+stacker's ranking gain is blending alone.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ import platform
 import time
 import warnings
 
+import numpy as np
+
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.eval.headroom import format_headroom, headroom, target_clusters
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
+from thaw.models.base import Recommender, normalise
 from thaw.registry import make_model, model_names
 from thaw.stack import Stack, StackTable
 
@@ -43,7 +49,32 @@ STACK_KEPT = ("sasrec", "gru4rec", "mf", "segment-pop")
 KS = (0, 1, 3, 5, 10)
 
 
-def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | None = None) -> None:
+class EqualBlend(Recommender):
+    """The equal-weight average of its members' per-request z-scores: blending, nothing learned."""
+
+    name = "blend"
+
+    def __init__(self, members=("sasrec", "gru4rec"), seed: int = 0) -> None:
+        self.members = [make_model(m, seed=seed) for m in members]
+
+    def set_task(self, protocol: str) -> None:
+        for member in self.members:
+            member.set_task(protocol)
+
+    def fit(self, data, validate=None):
+        for member in self.members:
+            member.fit(data, validate=validate)
+        return self
+
+    def score_many(self, contexts, items):
+        answers = [member.score_many(contexts, items) for member in self.members]
+        return [np.mean([normalise(a[row]) for a in answers], axis=0) for row in range(len(contexts))]
+
+    def score(self, ctx, items):
+        return self.score_many([ctx], [items])[0]
+
+
+def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | None = None):
     """Evaluate and print the tables, then each stack against its best member and the oracle
     (over ``bar[stack]`` where given, else over the stack's own members)."""
     start = time.perf_counter()
@@ -62,11 +93,12 @@ def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | No
     for w in caught:
         print(f"warning: {w.message}")
     print(f"\n({split.kind}, {protocol}: {time.perf_counter() - start:.0f} s)\n")
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("users", "items", "seeds", "all"), default="all")
+    parser.add_argument("--part", choices=("users", "items", "seeds", "blend", "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
@@ -105,6 +137,16 @@ def main() -> None:
             models[name].name = name
         everyone = [n for n in SEED_MODELS if n != "random"]
         run(split, models, "next-item", args.seed, args.jobs, bar={"stack": everyone, "stack-x3": everyone})
+    if args.part == "blend":
+        split = make_split(data, "new-user", seed=args.seed)
+        print(split.describe())
+        models = {n: make_model(n) for n in ("random", "pop", *STACK_KEPT)}
+        models["blend"] = EqualBlend(seed=args.seed)
+        models["stack"] = Stack(members=list(STACK_KEPT), folds=3)
+        result = run(split, models, "next-item", args.seed, args.jobs)
+        for name, against in (("blend", list(STACK_KEPT)), ("stack", ["blend"])):
+            print(f"\n{name} against {', '.join(against)}, ndcg@10:")
+            print(format_headroom(headroom(result.per_user, name, against, "ndcg@10")))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
