@@ -63,6 +63,7 @@ bench: setup peers $(VENV)/.load
 	$(PY) benchmarks/content_text.py
 	$(PY) benchmarks/stack.py --part items
 	$(PY) benchmarks/stack.py --part seeds
+	$(PY) benchmarks/stack.py --part blend
 	$(PY) benchmarks/full_ranking.py
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 	$(PY) benchmarks/seq_objectives.py compare
