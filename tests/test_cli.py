@@ -120,6 +120,7 @@ def test_models_and_datasets_commands():
     assert "scores new items" in said["content"] and said["metatl"] == "metatl"
     assert "needs a source domain" in said["emcdr"] and "needs a source domain" not in said["tgt"]
     assert "predicts ratings when fitted for them" in said["melu"] and "ratings" not in said["sasrec"]
+    assert "only where named" in said["sasrec-x3"] and "only where named" not in said["sasrec"]
     done = thaw("datasets")
     assert done.returncode == 0 and "ml-100k" in done.stdout and "ml-1m" in done.stdout
     assert "ml-1m:drama-comedy" in done.stdout and "Drama -> Comedy" in done.stdout

@@ -887,14 +887,15 @@ def _abilities(name: str) -> list[str]:
     """What the class of model ``name`` says it can do, in words (its flags on ``Recommender``)."""
     import inspect
 
-    from thaw.registry import model_class
+    from thaw.registry import NAMED_ONLY, model_class
 
     cls = model_class(name)
     rates = inspect.getattr_static(cls, "predicts_ratings")
     said = {"scores new items": cls.scores_new_items,
             "predicts ratings" + (" when fitted for them" if isinstance(rates, property) else ""): rates,
             "needs a source domain": cls.needs_source,
-            "in the main job's new-item runs": cls.main_job_item_cold}
+            "in the main job's new-item runs": cls.main_job_item_cold,
+            "runs only where named ('all' leaves it out)": name in NAMED_ONLY}
     return [words for words, flag in said.items() if flag]
 
 
