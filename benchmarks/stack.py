@@ -33,7 +33,7 @@ import numpy as np
 
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
-from thaw.eval.headroom import format_headroom, headroom, target_clusters
+from thaw.eval.headroom import format_headroom, format_pooled, headroom, pooled, target_clusters
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
 from thaw.models.base import Recommender, normalise
@@ -90,6 +90,8 @@ def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | No
         for metric in dict.fromkeys((HEADLINE[protocol], "hit@10" if protocol == "next-item" else "rmse")):
             print(f"\n{name} against its best member and the oracle, {metric}:")
             print(format_headroom(headroom(result.per_user, name, members, metric, clusters=clusters)))
+            if clusters is None:  # new users: each user's own episodes, resampled together
+                print(format_pooled(pooled(result.per_user, name, members, metric)))
     for w in caught:
         print(f"warning: {w.message}")
     print(f"\n({split.kind}, {protocol}: {time.perf_counter() - start:.0f} s)\n")

@@ -6,7 +6,8 @@ For each split and protocol of the run and each stack in it (the learned stack, 
 validation did not choose beside it as ``stack:<learner>``, and ``stack-table``), per K: the
 best single member (chosen after the fact on the test users), the stack, the per-user oracle
 over the members, the share of the oracle's headroom the stack captures, and the paired
-Wilcoxon test of stack against best member, Holm-corrected over K. Then each stack's fit
+Wilcoxon test of stack against best member, Holm-corrected over K, and on new users the same
+comparison over every K >= 1 at once (``pooled``: one test, users resampled). Then each stack's fit
 seconds (the learned one's include its out-of-fold fits) and what the learned stack chose; and
 last, how much of the oracle's headroom follows the user: each user's member chosen on their own
 episodes at the other K (``thaw.eval.headroom.persistence``), over every member and over the
@@ -21,7 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from thaw.eval.headroom import format_headroom, format_persistence, headroom, persistence, target_clusters
+from thaw.eval.headroom import (
+    format_headroom,
+    format_persistence,
+    format_pooled,
+    headroom,
+    persistence,
+    pooled,
+    target_clusters,
+)
 from thaw.eval.report import HEADLINE
 
 
@@ -53,6 +62,8 @@ def main() -> None:
                         "band table")
                 print(f"\n{variant} ({what}):\n```")
                 print(format_headroom(headroom(part, variant, members, metric, clusters=clusters)))
+                if split == "new-user":
+                    print(format_pooled(pooled(part, variant, members, metric)))
                 print("```")
             learned = info.get("learned") or {}
             if learned:

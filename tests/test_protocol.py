@@ -9,7 +9,7 @@ import pytest
 from thaw.data.splits import make_split
 from thaw.errors import ThawError
 from thaw.eval.episodes import episodes
-from thaw.eval.headroom import format_headroom, format_persistence, headroom, persistence
+from thaw.eval.headroom import format_headroom, format_persistence, format_pooled, headroom, persistence, pooled
 from thaw.eval.protocol import DegenerateResultWarning, EvalResult, FewUsersWarning, SplitValidator, evaluate
 from thaw.eval.statistics import clustered_p, compare, holm, paired_p, summarise
 from thaw.models.base import Recommender
@@ -321,3 +321,15 @@ def test_next_item_on_an_item_split_records_each_test_episodes_target(synthetic)
                          n_bootstrap=20)
     ratings = evaluate(["pop"], split, protocol="rating", ks=(0,), progress=False, n_bootstrap=20)
     assert new_users.targets.empty and ratings.targets.empty
+
+
+def test_the_pooled_test_resamples_users_so_one_users_episodes_count_once():
+    # a small lead that every user shows at every K: one test over all K sees it
+    rng = np.random.default_rng(1)
+    steady = _two_members(lambda u, k, m: 0.5 + (0.02 if m == "a" else 0.0) + rng.normal(0, 0.05))
+    row = pooled(steady.replace({"model": {"a": "stack"}}), "stack", ["b"], "ndcg@10")
+    assert row["best_member"] == "b" and row["episodes"] == 4 * 200 and row["users"] == 200
+    assert row["p"] < 1e-3 and row["low"] > 0 and "over K >= 1" in format_pooled(row)
+    # one user far ahead at every K, the rest level: four episodes, but one user's worth
+    lucky = _two_members(lambda u, k, m: 1.0 if (u == 0 and m == "a") else 0.5)
+    assert pooled(lucky.replace({"model": {"a": "stack"}}), "stack", ["b"], "ndcg@10")["p"] > 0.05

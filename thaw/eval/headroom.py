@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from thaw.eval.metrics import LOWER_IS_BETTER
-from thaw.eval.statistics import clustered_p, holm, paired_p
+from thaw.eval.statistics import clustered_means, clustered_p, holm, paired_p
 
 
 def target_clusters(targets: pd.DataFrame | None) -> dict[tuple[int, int], int] | None:
@@ -137,3 +137,31 @@ def format_persistence(table: pd.DataFrame) -> str:
     lines.append("(per-user: each user's member chosen on their own episodes at the other K; "
                  f"{int(table['users'].iloc[0])} users)")
     return "\n".join(lines)
+
+
+def pooled(per_user: pd.DataFrame, stack: str, members: Sequence[str], metric: str,
+           min_k: int = 1) -> dict[str, float | int | str]:
+    """The stack against its best member over every K >= ``min_k`` at once: one test where
+    ``headroom`` makes one per K, so it can see a small lead that holds across K. The best
+    member is chosen after the fact, on these episodes; each user's episodes are resampled
+    together (``clustered_means`` over users), as they are not independent."""
+    lower = metric in LOWER_IS_BETTER
+    values = per_user[(per_user["metric"] == metric) & (per_user["K"] >= min_k)]
+    wide = values.pivot_table(index=["K", "user"], columns="model", values="value")
+    present = [m for m in members if m in wide.columns and m != stack]
+    wide = wide[[stack, *present]].dropna()
+    means = wide[present].mean()
+    best = means.idxmin() if lower else means.idxmax()
+    diff = (wide[stack] - wide[best]).to_numpy(dtype=np.float64)
+    users = wide.index.get_level_values("user").to_numpy()
+    low, high = np.percentile(clustered_means(diff, users), [2.5, 97.5])
+    return {"best_member": best, "best": float(means[best]), "stack": float(wide[stack].mean()),
+            "diff": float(diff.mean()), "low": float(low), "high": float(high),
+            "p": clustered_p(diff, users), "episodes": len(diff), "users": len(np.unique(users)),
+            "min_k": min_k}
+
+
+def format_pooled(row: Mapping[str, float | int | str]) -> str:
+    return (f"over K >= {row['min_k']} at once ({row['episodes']} episodes of {row['users']} users, "
+            f"resampled by user): {row['best_member']} {row['best']:.4f}, stack {row['stack']:.4f}, "
+            f"diff {row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p {row['p']:.4f}")
