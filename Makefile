@@ -64,6 +64,7 @@ bench: setup peers $(VENV)/.load
 	$(PY) benchmarks/stack.py --part items
 	$(PY) benchmarks/stack.py --part seeds
 	$(PY) benchmarks/stack.py --part blend
+	$(PY) benchmarks/stack.py --part blend --seed 1
 	$(PY) benchmarks/full_ranking.py
 	$(PY) benchmarks/peers.py --thaw-results results --out results/peers
 	$(PY) benchmarks/seq_objectives.py compare

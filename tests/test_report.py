@@ -115,6 +115,7 @@ def test_on_an_item_split_the_verdicts_resample_the_target_items_and_the_files_k
         assert (v.low, v.high) != (plain[v.k].low, plain[v.k].high)
     assert all(v.test == "paired Wilcoxon" for v in plain.values())
     assert "by target" in format_tables(items) and "by target" not in format_tables(result)
+    assert "over K >= 1 at once" in format_tables(result) and "over K >= 1" not in format_tables(items)
     written = pd.read_csv(write_results([items], tmp_path / "out", seed=0)["targets.csv"])
     assert len(written) == len(targets) and set(written["user"]) == {f"u{u}" for u in users}
     assert not (tmp_path / "plain" / "targets.csv").exists() and "targets.csv" not in write_results(

@@ -117,15 +117,19 @@ def interval_cell(value: float, low: float, high: float) -> str:
 def stack_summary(result: EvalResult, name: str) -> str:
     """A stack's learned routing table, the share of test requests that tripped its circuit
     breaker at each K, and how it compares with its best member and the per-user oracle."""
-    from thaw.eval.headroom import format_headroom, headroom, target_clusters
+    from thaw.eval.headroom import format_headroom, format_pooled, headroom, pooled, target_clusters
 
     info = result.meta["stacks"][name]
     trips = ", ".join(f"K={k}: {share:.1%}" for k, share in info["trip_share"].items())
     metric = HEADLINE[result.meta["protocol"]]
-    table = headroom(result.per_user, name, info["members"], metric, clusters=target_clusters(result.targets))
-    return (f"{name}: routing learned on validation users\n{info['explain']}\n  breaker tripped: "
+    clusters = target_clusters(result.targets)
+    table = headroom(result.per_user, name, info["members"], metric, clusters=clusters)
+    text = (f"{name}: routing learned on validation users\n{info['explain']}\n  breaker tripped: "
             f"{trips}\n\n{name} against its best member (chosen on the test users) and the "
             f"per-user oracle, {metric}:\n" + format_headroom(table))
+    if clusters is None and (table["K"] >= 1).sum() >= 2:  # one test over the K >= 1, users resampled
+        text += "\n" + format_pooled(pooled(result.per_user, name, info["members"], metric))
+    return text
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
