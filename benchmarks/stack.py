@@ -19,7 +19,8 @@ beside the same stacker over the ensembles in their place (`stack-x3`). Both sta
 the best of every member in the run, the ensembles included.
 blend (not in "all"): the same split and stack beside `blend`, the equal-weight average of
 sasrec's and gru4rec's per-request z-scores (nothing learned): how much of the learned
-stacker's ranking gain is blending alone.
+stacker's ranking gain is blending alone. With `--seed 1` it runs on a second new-user split
+(BENCHMARKS section 5's confirmation of the pooled test over K >= 1).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class EqualBlend(Recommender):
 
 def run(split, models: dict, protocol: str, seed: int, jobs: int, bar: dict | None = None):
     """Evaluate and print the tables, then each stack against its best member and the oracle
-    (over ``bar[stack]`` where given, else over the stack's own members)."""
+    (over ``bar[stack]`` where given, else over the stack's own members); returns the result."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateResultWarning)
