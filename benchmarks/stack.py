@@ -30,14 +30,13 @@ import platform
 import time
 import warnings
 
-import numpy as np
-
 from thaw.data.loaders import load_dataset
 from thaw.data.splits import make_split
 from thaw.eval.headroom import format_headroom, format_pooled, headroom, pooled, target_clusters
 from thaw.eval.protocol import DegenerateResultWarning, evaluate
 from thaw.eval.report import HEADLINE, format_tables
-from thaw.models.base import Recommender, normalise
+from thaw.models.base import Recommender
+from thaw.models.ensemble import mean_z_scores
 from thaw.registry import make_model, model_names
 from thaw.stack import Stack, StackTable
 
@@ -68,8 +67,7 @@ class EqualBlend(Recommender):
         return self
 
     def score_many(self, contexts, items):
-        answers = [member.score_many(contexts, items) for member in self.members]
-        return [np.mean([normalise(a[row]) for a in answers], axis=0) for row in range(len(contexts))]
+        return mean_z_scores(self.members, contexts, items)
 
     def score(self, ctx, items):
         return self.score_many([ctx], [items])[0]

@@ -18,11 +18,19 @@ from thaw.errors import ThawError
 from thaw.models.base import Context, Recommender, Validator, normalise
 
 
+def mean_z_scores(models: Sequence[Recommender], contexts: Sequence[Context],
+                  items: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each request's scores averaged over ``models`` after z-scoring them per request (their
+    scales differ): an ensemble's answer, or a blend with nothing learned."""
+    answers = [model.score_many(contexts, items) for model in models]
+    return [np.mean([normalise(a[row]) for a in answers], axis=0) for row in range(len(contexts))]
+
+
 class SeedEnsemble(Recommender):
     """``seeds`` copies of the registered model ``copies_of`` (seeds ``seed``, ``seed + 1``, ...),
     each fitted and stopped on validation as it would be alone. Scores are the mean of the
-    copies' per-request z-scores (their scales differ from seed to seed); predicted ratings,
-    where the base predicts them, are the mean rating."""
+    copies' per-request z-scores (their scales differ from seed to seed); ranking only, as the
+    models copied are."""
 
     copies_of: str = ""
     """The registry name of the model copied; each subclass sets its own (its constructor
@@ -54,19 +62,10 @@ class SeedEnsemble(Recommender):
         return self
 
     def score_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        answers = [copy.score_many(contexts, items) for copy in self.copies]
-        return [np.mean([normalise(a[row]) for a in answers], axis=0) for row in range(len(contexts))]
+        return mean_z_scores(self.copies, contexts, items)
 
     def score(self, ctx: Context, items: np.ndarray) -> np.ndarray:
         return self.score_many([ctx], [items])[0]
-
-    def predict_many(self, contexts: Sequence[Context], items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        answers = [copy.predict_many(contexts, items) for copy in self.copies]
-        return [np.mean([np.asarray(a[row], dtype=np.float64) for a in answers], axis=0)
-                for row in range(len(contexts))]
-
-    def predict(self, ctx: Context, items: np.ndarray) -> np.ndarray:
-        return self.predict_many([ctx], [items])[0]
 
 
 class SASRecSeeds(SeedEnsemble):
